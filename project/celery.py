@@ -1,0 +1,26 @@
+"""The Celery app: ``celery -A project worker`` and ``celery -A project beat`` start here."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from celery.signals import setup_logging
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+app = Celery("terminus", task_cls="tasks.base:TrackedTask")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+# Job types live in the modules listed by TERMINUS_JOB_MODULES; tasks.apps imports them when
+# Django is ready, so web, worker and beat see the same registry.
+app.autodiscover_tasks()
+
+
+@setup_logging.connect
+def _use_django_logging(**_: object) -> None:
+    """Hand logging to Django's LOGGING instead of Celery's own handlers."""
+    from logging.config import dictConfig
+
+    from django.conf import settings
+
+    dictConfig(settings.LOGGING)

@@ -1,0 +1,342 @@
+"""Terminus settings: every knob is read from the environment here, and only here.
+
+Development defaults are embedded (SQLite and kombu's filesystem broker under ``var/``) so a
+fresh clone runs with no server; ``TERMINUS_ENV=production`` refuses to start without a real
+secret, database and broker.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment helpers: strict, so a typo in a deploy file fails at start, not at 3 a.m.
+# ---------------------------------------------------------------------------------------------
+def env_str(name: str, default: str | None = None) -> str | None:
+    """A string variable; ``NAME_FILE`` (a mounted secret) wins over ``NAME``."""
+    file_path = os.environ.get(f"{name}_FILE")
+    if file_path:
+        return Path(file_path).read_text().strip()
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = env_str(name)
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use true/false)")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    value = env_str(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name}={number} must be >= {minimum}")
+    return number
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    value = env_str(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a number") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name}={number} must be >= {minimum}")
+    return number
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = env_str(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Core
+# ---------------------------------------------------------------------------------------------
+TERMINUS_ENV = env_str("TERMINUS_ENV", "development")
+if TERMINUS_ENV not in {"development", "production"}:
+    raise ImproperlyConfigured("TERMINUS_ENV must be 'development' or 'production'")
+PRODUCTION = TERMINUS_ENV == "production"
+
+VAR_DIR = Path(env_str("TERMINUS_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env_bool("DEBUG", not PRODUCTION)
+SECRET_KEY = env_str("SECRET_KEY")
+if SECRET_KEY is None:
+    if PRODUCTION:
+        raise ImproperlyConfigured("SECRET_KEY is required when TERMINUS_ENV=production")
+    # Development only: a fixed, obviously-insecure key so sessions survive restarts.
+    SECRET_KEY = "dev-insecure-terminus-key-do-not-use-in-production-0123456789abcdef"
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "django_celery_results",
+    "results",
+    "tasks",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# ---------------------------------------------------------------------------------------------
+# Database
+# ---------------------------------------------------------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL is None and PRODUCTION:
+    raise ImproperlyConfigured("DATABASE_URL is required when TERMINUS_ENV=production")
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL or f"sqlite:///{VAR_DIR / 'terminus.sqlite3'}",
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web, worker and beat share one file: wait for the write lock instead of failing, and
+    # take it up front (IMMEDIATE) so read-then-write transactions cannot deadlock.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+# The test database is a file (never :memory:) so that real worker processes can open it.
+_test_db_name = env_str("DB_TEST_NAME")
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": _test_db_name or str(VAR_DIR / "test_terminus.sqlite3")}
+elif _test_db_name:
+    DATABASES["default"]["TEST"] = {"NAME": _test_db_name}
+
+# ---------------------------------------------------------------------------------------------
+# Security (production)
+# ---------------------------------------------------------------------------------------------
+if PRODUCTION:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    # /healthz and /readyz are probed over plain HTTP inside the cluster.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+
+# ---------------------------------------------------------------------------------------------
+# API
+# ---------------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "results.api.errors.exception_handler",
+    "DEFAULT_THROTTLE_RATES": {"submit": env_str("TERMINUS_SUBMIT_RATE", "6000/min")},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Terminus API",
+    "DESCRIPTION": "Submit background jobs and poll them until they reach a terminal state.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+# Request bodies above this are refused with 413 before they reach a view.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("TERMINUS_MAX_REQUEST_BYTES", 1024 * 1024, minimum=1024)
+
+# ---------------------------------------------------------------------------------------------
+# Terminus (jobs)
+# ---------------------------------------------------------------------------------------------
+TERMINUS_QUEUES = env_list("TERMINUS_QUEUES", ["default", "slow"])
+TERMINUS_MAX_PAYLOAD_BYTES = env_int("TERMINUS_MAX_PAYLOAD_BYTES", 256 * 1024, minimum=1)
+TERMINUS_MAX_COUNTDOWN = env_int("TERMINUS_MAX_COUNTDOWN", 3600, minimum=0)
+TERMINUS_DEFAULT_TIME_LIMIT = env_int("TERMINUS_DEFAULT_TIME_LIMIT", 300, minimum=1)
+TERMINUS_DEFAULT_SOFT_TIME_LIMIT = env_int("TERMINUS_DEFAULT_SOFT_TIME_LIMIT", 270, minimum=1)
+TERMINUS_MAX_TIME_LIMIT = env_int("TERMINUS_MAX_TIME_LIMIT", 3600, minimum=1)
+TERMINUS_RETRY_BACKOFF_BASE = env_float("TERMINUS_RETRY_BACKOFF_BASE", 2.0, minimum=0.01)
+TERMINUS_RETRY_BACKOFF_MAX = env_float("TERMINUS_RETRY_BACKOFF_MAX", 600.0, minimum=0.01)
+TERMINUS_DEFAULT_MAX_RETRIES = env_int("TERMINUS_DEFAULT_MAX_RETRIES", 5, minimum=0)
+# A message whose worker died this many times is failed as "worker_lost" instead of being run
+# again: reject_on_worker_lost alone would redeliver an OOM-ing job forever.
+TERMINUS_MAX_LOST_DELIVERIES = env_int("TERMINUS_MAX_LOST_DELIVERIES", 3, minimum=1)
+# How long a job may wait in the queue before its deadline starts to run out.
+TERMINUS_QUEUE_TIMEOUT = env_int("TERMINUS_QUEUE_TIMEOUT", 3600, minimum=1)
+TERMINUS_JOB_MODULES = env_list(
+    "TERMINUS_JOB_MODULES",
+    ["tasks.jobs.diagnostics", "tasks.jobs.webhook", "tasks.jobs.export"],
+)
+TERMINUS_EXPORT_DIR = Path(env_str("TERMINUS_EXPORT_DIR", str(VAR_DIR / "exports")))
+# diagnostics.fail's hard time limit (its soft limit is one second less); tests shorten it.
+TERMINUS_DIAGNOSTICS_TIME_LIMIT = env_int("TERMINUS_DIAGNOSTICS_TIME_LIMIT", 60, minimum=2)
+TERMINUS_WEBHOOK_TIMEOUT = env_float("TERMINUS_WEBHOOK_TIMEOUT", 10.0, minimum=0.1)
+
+# ---------------------------------------------------------------------------------------------
+# Celery
+# ---------------------------------------------------------------------------------------------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")
+if CELERY_BROKER_URL is None and PRODUCTION:
+    raise ImproperlyConfigured("CELERY_BROKER_URL is required when TERMINUS_ENV=production")
+BROKER_DIR = VAR_DIR / "broker"
+if CELERY_BROKER_URL is None:
+    # Development: kombu's filesystem transport needs no server; web, worker and beat on one
+    # machine share the folders below.
+    CELERY_BROKER_URL = "filesystem://"
+    for _sub in ("queue", "processed", "control"):
+        (BROKER_DIR / _sub).mkdir(parents=True, exist_ok=True)
+
+CELERY_RESULT_BACKEND = "django-db"  # Celery-native tasks (crons, alerting, canvas) only.
+CELERY_RESULT_EXTENDED = True
+CELERY_CACHE_BACKEND = "django-cache"
+CELERY_ACCEPT_CONTENT = ["json"]  # never pickle: a message is data, not code
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TRACK_STARTED = True
+CELERY_TASK_TIME_LIMIT = TERMINUS_DEFAULT_TIME_LIMIT
+CELERY_TASK_SOFT_TIME_LIMIT = TERMINUS_DEFAULT_SOFT_TIME_LIMIT
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Recycle children by default: leaks become restarts, not OOM kills mid-job.
+CELERY_WORKER_MAX_TASKS_PER_CHILD = env_int("CELERY_WORKER_MAX_TASKS_PER_CHILD", 1000, minimum=1)
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = env_int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", 512_000, minimum=1)  # KiB
+# Publishing happens in the request: fail fast when the broker is down (the job stays queued
+# with dispatched_at empty and is re-dispatched later) instead of hanging the client.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": env_int("TERMINUS_PUBLISH_RETRIES", 2, minimum=0),
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+# Redis: a message delivered but not acked comes back after visibility_timeout. It must exceed
+# the longest hard time limit plus the longest countdown/retry delay, or a slow job is run twice
+# while still alive (celery#4400). kombu then restores it in a sweep every
+# interval x throttle seconds (default 10 x 10 = ~100 s); we sweep every 10 s.
+CELERY_VISIBILITY_TIMEOUT = env_int(
+    "CELERY_VISIBILITY_TIMEOUT",
+    TERMINUS_MAX_TIME_LIMIT + max(TERMINUS_MAX_COUNTDOWN, int(TERMINUS_RETRY_BACKOFF_MAX)) + 300,
+    minimum=1,
+)
+if CELERY_VISIBILITY_TIMEOUT <= TERMINUS_MAX_TIME_LIMIT:
+    raise ImproperlyConfigured("CELERY_VISIBILITY_TIMEOUT must exceed TERMINUS_MAX_TIME_LIMIT")
+if CELERY_BROKER_URL.startswith("filesystem"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "control_folder": str(BROKER_DIR / "control"),
+        "store_processed": False,
+    }
+elif CELERY_BROKER_URL.startswith(("redis", "rediss")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+        "unacked_restore_interval": env_int("CELERY_UNACKED_RESTORE_INTERVAL", 10, minimum=1),
+        "unacked_restore_throttle": env_int("CELERY_UNACKED_RESTORE_THROTTLE", 1, minimum=1),
+        "socket_connect_timeout": 2,
+        "socket_timeout": 30,  # redis-py 8 defaults to 5 s, which breaks long blocking reads
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+# ---------------------------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------------------------
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+}
+
+# ---------------------------------------------------------------------------------------------
+# Sentry
+# ---------------------------------------------------------------------------------------------
+SENTRY_DSN = env_str("SENTRY_DSN")
+if SENTRY_DSN:
+    # Initialised here, before Celery imports its tracer, so the Celery integration patches it.
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+    from sentry_sdk.integrations.django import DjangoIntegration
+
+    sentry_sdk.init(
+        dsn=SENTRY_DSN,
+        environment=env_str("SENTRY_ENVIRONMENT", TERMINUS_ENV),
+        release=env_str("SENTRY_RELEASE"),
+        send_default_pii=False,
+        integrations=[DjangoIntegration(), CeleryIntegration()],
+    )

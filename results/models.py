@@ -1,0 +1,320 @@
+"""The job record: the one place every path writes to, and the state machine that guards it.
+
+The record knows neither Celery nor HTTP. Every state change is one conditional
+``UPDATE … WHERE status IN (allowed sources)``: the return value says whether this caller won,
+so two workers, a redelivered message, the reaper and the API can never move a record
+backwards or out of a terminal state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Case, F, Q, Value, When
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from .querysets import JobQuerySet
+
+
+class Tenant(models.Model):
+    """A customer account: users of one tenant see only that tenant's jobs."""
+
+    name = models.CharField(max_length=200, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """Which tenant a user acts for (one per user; staff without one see everything)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="membership")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="members")
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.tenant}"
+
+
+class Status(models.TextChoices):
+    # Recorded; its message is published (dispatched_at set) or waiting to be.
+    QUEUED = "queued"
+    # A worker claimed it and is executing an attempt.
+    RUNNING = "running"
+    # An attempt failed with a transient error; the next one is due at next_retry_at.
+    RETRYING = "retrying"
+    # Terminal: the job function returned; ``result`` holds its value.
+    SUCCEEDED = "succeeded"
+    # Terminal: retries exhausted, a non-retryable error, a time limit or a lost worker.
+    FAILED = "failed"
+    # Terminal: cancelled by a user or operator before it finished.
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+#: The whole state machine: target status -> the statuses it may be entered from.
+#: RUNNING -> RUNNING is a redelivery after the previous worker died mid-attempt.
+ALLOWED_SOURCES: dict[str, frozenset[str]] = {
+    Status.RUNNING: frozenset({Status.QUEUED, Status.RETRYING, Status.RUNNING}),
+    Status.RETRYING: frozenset({Status.RUNNING}),
+    Status.SUCCEEDED: frozenset({Status.RUNNING}),
+    Status.FAILED: frozenset({Status.QUEUED, Status.RUNNING, Status.RETRYING}),
+    Status.CANCELLED: frozenset({Status.QUEUED, Status.RUNNING, Status.RETRYING}),
+}
+
+
+class AttemptOutcome(models.TextChoices):
+    RUNNING = "running"  # still executing, or its worker died without a word
+    SUCCEEDED = "succeeded"
+    RETRIED = "retried"  # failed with a transient error; another attempt follows
+    FAILED = "failed"
+    LOST = "lost"  # its worker died; the message was delivered again
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker learns when it claims a job for an attempt."""
+
+    attempt: int
+    lost_deliveries: int
+    max_retries: int
+
+
+def _sources(target: str) -> list[str]:
+    return sorted(ALLOWED_SOURCES[target])
+
+
+class Job(models.Model):
+    """One submitted job, from the moment it is submitted until (and after) it is terminal."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False, help_text="Also the Celery task id.")
+    type = models.CharField(max_length=100, help_text="Registered job type, e.g. webhook.deliver.")
+    queue = models.CharField(max_length=100, default="default", help_text="Broker queue it was routed to.")
+    payload = models.JSONField(default=dict, help_text="Validated input, as submitted.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveIntegerField(default=0, help_text="Attempts started so far (deliveries included).")
+    max_retries = models.PositiveIntegerField(default=0, help_text="Retries allowed after the first attempt.")
+    lost_deliveries = models.PositiveIntegerField(
+        default=0, help_text="Attempts whose worker died mid-run (bounded by TERMINUS_MAX_LOST_DELIVERIES)."
+    )
+    progress = models.FloatField(null=True, blank=True, help_text="Fraction done, 0.0 to 1.0, reported by long jobs.")
+    progress_message = models.CharField(max_length=200, blank=True, default="")
+    result = models.JSONField(null=True, blank=True, help_text="Return value of a succeeded job.")
+    error_type = models.CharField(max_length=200, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    worker = models.CharField(max_length=255, blank=True, default="", help_text="Hostname of the last worker.")
+    correlation_id = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    retry_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns",
+        help_text="The failed or cancelled job this one runs again.",
+    )
+    version = models.PositiveIntegerField(default=1, help_text="Bumped on every write; the API's ETag.")
+    time_limit = models.PositiveIntegerField(default=300, help_text="Hard time limit of one attempt, seconds.")
+
+    created_at = models.DateTimeField(default=timezone.now)
+    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="Empty: the message is not published yet.")
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    terminal_by = models.DateTimeField(help_text="Deadline by which the job must be terminal.")
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("-created_at",)
+        indexes = [
+            # API list and admin filter by status, newest first; the reaper scans non-terminal ones.
+            models.Index(fields=["status", "-created_at"], name="job_status_created"),
+            # Tenant-scoped API list.
+            models.Index(fields=["tenant", "-created_at"], name="job_tenant_created"),
+            # Per-type failure rates and the admin's type filter.
+            models.Index(fields=["type", "status"], name="job_type_status"),
+            # Deadline check: "jobs past terminal_by" must stay 0 and be cheap to count.
+            models.Index(
+                fields=["terminal_by"], name="job_open_deadline",
+                condition=Q(status__in=["queued", "running", "retrying"]),
+            ),
+            models.Index(fields=["-created_at"], name="job_created"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=Status.values), name="job_status_valid"),
+            models.CheckConstraint(
+                condition=Q(progress__isnull=True) | Q(progress__gte=0, progress__lte=1), name="job_progress_range"
+            ),
+            models.UniqueConstraint(
+                fields=["tenant", "idempotency_key"], name="job_idempotency_per_tenant",
+                condition=Q(idempotency_key__isnull=False, tenant__isnull=False),
+            ),
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"], name="job_idempotency_per_owner",
+                condition=Q(idempotency_key__isnull=False, tenant__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id} ({self.status})"
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.pk}-{self.version}"'
+
+    # -- transitions ---------------------------------------------------------------------------
+    def _transition(self, target: str, **fields: Any) -> bool:
+        """Move to ``target`` only from an allowed source; True means this caller won."""
+        fields.setdefault("updated_at", Now())
+        updated = Job.objects.filter(pk=self.pk, status__in=_sources(target)).update(
+            status=target, version=F("version") + 1, **fields
+        )
+        return updated == 1
+
+    def mark_dispatched(self) -> bool:
+        """Record that the message reached the broker (first publish wins; re-dispatch keeps it)."""
+        return (
+            Job.objects.filter(pk=self.pk, dispatched_at__isnull=True, status=Status.QUEUED).update(
+                dispatched_at=Now(), version=F("version") + 1, updated_at=Now()
+            )
+            == 1
+        )
+
+    def mark_started(self, *, worker: str) -> Claim | None:
+        """Claim the job for one attempt; None means it is terminal (or cancelled) and must not run.
+
+        A claim from RUNNING is a redelivery whose previous worker died: it counts as a lost
+        delivery and the attempt it interrupted is closed as ``lost``.
+        """
+        with transaction.atomic():
+            won = self._transition(
+                Status.RUNNING,
+                worker=worker,
+                attempts=F("attempts") + 1,
+                lost_deliveries=Case(
+                    When(status=Status.RUNNING, then=F("lost_deliveries") + 1),
+                    default=F("lost_deliveries"),
+                    output_field=models.PositiveIntegerField(),
+                ),
+                started_at=Now(),
+                heartbeat_at=Now(),
+                next_retry_at=None,
+            )
+            if not won:
+                return None
+            attempt, lost, max_retries = Job.objects.filter(pk=self.pk).values_list(
+                "attempts", "lost_deliveries", "max_retries"
+            ).get()
+            if lost:
+                JobAttempt.objects.filter(job_id=self.pk, outcome=AttemptOutcome.RUNNING).update(
+                    outcome=AttemptOutcome.LOST, finished_at=Now(), error_type="worker_lost",
+                    error_message="the worker running this attempt died; the message was delivered again",
+                )
+            JobAttempt.objects.create(job_id=self.pk, number=attempt, worker=worker)
+        return Claim(attempt=attempt, lost_deliveries=lost, max_retries=max_retries)
+
+    def heartbeat(self, *, progress: float | None = None, message: str | None = None) -> bool:
+        """Prove the running attempt is alive; False means the job is no longer running (cancelled)."""
+        fields: dict[str, Any] = {"heartbeat_at": Now(), "updated_at": Now(), "version": F("version") + 1}
+        if progress is not None:
+            fields["progress"] = min(1.0, max(0.0, float(progress)))
+        if message is not None:
+            fields["progress_message"] = message[:200]
+        return Job.objects.filter(pk=self.pk, status=Status.RUNNING).update(**fields) == 1
+
+    def mark_retrying(self, *, attempt: int, error_type: str, error_message: str, next_retry_at: datetime) -> bool:
+        """Record a transient failure; the attempt is closed and the next one scheduled."""
+        with transaction.atomic():
+            won = self._transition(
+                Status.RETRYING, error_type=error_type, error_message=error_message,
+                next_retry_at=next_retry_at, heartbeat_at=None,
+            )
+            if won:
+                self._close_attempt(attempt, AttemptOutcome.RETRIED, error_type, error_message)
+        return won
+
+    def mark_succeeded(self, *, attempt: int, result: Any) -> bool:
+        with transaction.atomic():
+            won = self._transition(
+                Status.SUCCEEDED, result=result, finished_at=Now(), next_retry_at=None,
+                progress=Case(
+                    When(progress__isnull=False, then=Value(1.0)), default=None, output_field=models.FloatField()
+                ),
+                error_type="", error_message="", traceback="",
+            )
+            if won:
+                self._close_attempt(attempt, AttemptOutcome.SUCCEEDED)
+        return won
+
+    def mark_failed(
+        self, *, error_type: str, error_message: str, traceback: str = "", attempt: int | None = None
+    ) -> bool:
+        """Fail for good; ``attempt`` None closes whatever attempt is still open (reaper, main process)."""
+        with transaction.atomic():
+            won = self._transition(
+                Status.FAILED, error_type=error_type[:200], error_message=error_message,
+                traceback=traceback, finished_at=Now(), next_retry_at=None,
+            )
+            if won:
+                self._close_attempt(attempt, AttemptOutcome.FAILED, error_type, error_message)
+        return won
+
+    def mark_cancelled(self, *, reason: str = "cancelled") -> bool:
+        with transaction.atomic():
+            won = self._transition(
+                Status.CANCELLED, finished_at=Now(), next_retry_at=None,
+                error_type="cancelled", error_message=reason,
+            )
+            if won:
+                self._close_attempt(None, AttemptOutcome.CANCELLED, "cancelled", reason)
+        return won
+
+    def _close_attempt(
+        self, attempt: int | None, outcome: str, error_type: str = "", error_message: str = ""
+    ) -> None:
+        open_attempts = JobAttempt.objects.filter(job_id=self.pk, outcome=AttemptOutcome.RUNNING)
+        if attempt is not None:
+            open_attempts = open_attempts.filter(number=attempt)
+        open_attempts.update(
+            outcome=outcome, finished_at=Now(), error_type=error_type[:200], error_message=error_message
+        )
+
+
+class JobAttempt(models.Model):
+    """One try of a job, so a retried job's history is kept, not overwritten."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="attempt_set")
+    number = models.PositiveIntegerField()
+    worker = models.CharField(max_length=255, blank=True, default="")
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=AttemptOutcome.choices, default=AttemptOutcome.RUNNING)
+    error_type = models.CharField(max_length=200, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ("job", "number")
+        constraints = [
+            models.UniqueConstraint(fields=["job", "number"], name="attempt_number_per_job"),
+            models.CheckConstraint(condition=Q(outcome__in=AttemptOutcome.values), name="attempt_outcome_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} #{self.number} {self.outcome}"

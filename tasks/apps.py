@@ -1,0 +1,14 @@
+from importlib import import_module
+
+from django.apps import AppConfig
+from django.conf import settings
+
+
+class TasksConfig(AppConfig):
+    name = "tasks"
+    verbose_name = "Terminus runtime"
+
+    def ready(self) -> None:
+        # Importing a job module registers its job types (and their Celery tasks).
+        for module in settings.TERMINUS_JOB_MODULES:
+            import_module(module)

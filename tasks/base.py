@@ -1,0 +1,119 @@
+"""TrackedTask: the Celery task base class that writes every transition of a job's record.
+
+Each hook is a short call into the record's state machine (results.models.Job); none holds
+business logic. Hooks run in the pool child, except on_failure for a hard time limit, which
+Celery calls in the worker's main process after it has killed the child.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from celery.contrib.django.task import DjangoTask
+from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import Ignore, Retry
+from django.conf import settings
+from django.utils import timezone
+
+from results.models import Job
+
+from .errors import JobCancelled
+
+if TYPE_CHECKING:
+    from billiard.einfo import ExceptionInfo
+
+    from .retry import RetryPolicy
+
+logger = logging.getLogger(__name__)
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """(error_type, error_message) as stored on the record and shown to clients."""
+    if isinstance(exc, TimeLimitExceeded):
+        limit = exc.args[0] if exc.args else "?"
+        return "TimeLimitExceeded", f"hard time limit ({limit}s) exceeded: the worker killed the attempt"
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "SoftTimeLimitExceeded", "soft time limit exceeded: the attempt was interrupted"
+    return type(exc).__name__, (str(exc) or repr(exc))[:10_000]
+
+
+class TrackedTask(DjangoTask):
+    """A job type's task: claims the record, runs once per claim, records the outcome."""
+
+    abstract = True
+    # The Job row is the record clients read; writing the outcome again to the result backend
+    # would double the database writes on the hot path for nothing.
+    ignore_result = True
+    store_errors_even_if_ignored = False
+    job_retry_policy: RetryPolicy | None = None
+
+    # -- the running job's view ----------------------------------------------------------------
+    @property
+    def job_id(self) -> str:
+        return str(self.request.id)
+
+    @property
+    def attempt(self) -> int:
+        return int(getattr(self.request, "terminus_attempt", 0))
+
+    def heartbeat(self, progress: float | None = None, message: str | None = None) -> None:
+        """Prove this attempt is alive (and report progress); stops the job if it was cancelled."""
+        if not Job(pk=self.request.id).heartbeat(progress=progress, message=message):
+            raise JobCancelled(f"job {self.request.id} is no longer running")
+
+    # -- Celery hooks --------------------------------------------------------------------------
+    def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
+        """Claim the record; a terminal or cancelled job (e.g. a redelivered message) does not run."""
+        job = Job(pk=task_id)
+        claim = job.mark_started(worker=self.request.hostname or "")
+        if claim is None:
+            logger.warning("job %s not run: it is terminal, cancelled or unknown", task_id)
+            raise Ignore()
+        self.request.terminus_attempt = claim.attempt
+        if claim.lost_deliveries >= settings.TERMINUS_MAX_LOST_DELIVERIES:
+            job.mark_failed(
+                attempt=claim.attempt,
+                error_type="worker_lost",
+                error_message=(
+                    f"the worker died {claim.lost_deliveries} times while running this job "
+                    "(killed, out of memory or crashed); not delivering it again"
+                ),
+            )
+            logger.error("job %s failed: its worker was lost %s times", task_id, claim.lost_deliveries)
+            raise Ignore()
+
+    def retry(self, *args: Any, countdown: float | None = None, eta: Any = None, **options: Any) -> Retry:
+        """Celery's retry, with the countdown taken from this job type's policy."""
+        if countdown is None and eta is None and self.job_retry_policy is not None:
+            countdown = self.job_retry_policy.countdown(self.request.retries)
+        return super().retry(*args, countdown=countdown, eta=eta, **options)
+
+    def on_retry(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: ExceptionInfo) -> None:
+        """Record the transient failure and when the next attempt is due."""
+        when = getattr(einfo.exception, "when", None)
+        if isinstance(when, int | float):
+            next_retry_at = timezone.now() + timedelta(seconds=when)
+        else:
+            next_retry_at = when or timezone.now()
+        error_type, error_message = describe_error(exc)
+        Job(pk=task_id).mark_retrying(
+            attempt=self.attempt, error_type=error_type, error_message=error_message, next_retry_at=next_retry_at
+        )
+
+    def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
+        """Record the result; a job cancelled meanwhile keeps its cancelled state."""
+        if not Job(pk=task_id).mark_succeeded(attempt=self.attempt, result=retval):
+            logger.warning("job %s finished but was no longer running; result discarded", task_id)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: ExceptionInfo) -> None:
+        """Fail the record for good: retries exhausted, non-retryable error or a time limit."""
+        error_type, error_message = describe_error(exc)
+        attempt = getattr(self.request, "terminus_attempt", None) if self.request.id == task_id else None
+        Job(pk=task_id).mark_failed(
+            attempt=attempt,
+            error_type=error_type,
+            error_message=error_message,
+            traceback=str(einfo.traceback) if einfo is not None else "",
+        )

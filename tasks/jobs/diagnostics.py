@@ -1,0 +1,80 @@
+"""Diagnostics job types with controlled duration and failures: smoke tests, drills and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Literal
+
+from billiard.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from pydantic import BaseModel, Field
+
+from tasks.base import TrackedTask
+from tasks.errors import PermanentError, TransientError
+from tasks.registry import job
+
+
+class SleepInput(BaseModel):
+    seconds: float = Field(0, ge=0, le=3600, description="How long to run.")
+    heartbeat_every: float = Field(1.0, gt=0, le=60, description="Seconds between heartbeats.")
+
+
+# As long as any job may run, so drills can hold a worker busy for as long as needed.
+@job(
+    "diagnostics.sleep",
+    input=SleepInput,
+    time_limit=settings.TERMINUS_MAX_TIME_LIMIT,
+    soft_time_limit=max(1, settings.TERMINUS_MAX_TIME_LIMIT - 1),
+)
+def sleep(task: TrackedTask, data: SleepInput) -> dict[str, float]:
+    """Sleep for ``seconds`` reporting progress; idempotent (no side effects)."""
+    started = time.monotonic()
+    deadline = started + data.seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        time.sleep(min(remaining, data.heartbeat_every))
+        if data.seconds:
+            task.heartbeat(progress=min(1.0, (time.monotonic() - started) / data.seconds))
+    return {"slept": round(time.monotonic() - started, 3)}
+
+
+class FailInput(BaseModel):
+    mode: Literal["always", "times", "permanent", "sleep", "crash"] = Field(
+        "always",
+        description=(
+            "always: raise a transient error every attempt; times: fail the first `times` attempts "
+            "then succeed; permanent: a non-retryable error; sleep: run `seconds` (to hit a time limit); "
+            "crash: SIGKILL the process running it, like an OOM kill (a poison message)."
+        ),
+    )
+    times: int = Field(1, ge=0, le=100)
+    seconds: float = Field(0, ge=0, le=3600)
+    message: str = Field("diagnostics failure", max_length=500)
+    ignore_soft_limit: bool = Field(False, description="sleep mode: keep going past the soft limit (hits the hard one).")
+
+
+@job(
+    "diagnostics.fail",
+    input=FailInput,
+    time_limit=settings.TERMINUS_DIAGNOSTICS_TIME_LIMIT,
+    soft_time_limit=max(1, settings.TERMINUS_DIAGNOSTICS_TIME_LIMIT - 1),
+)
+def fail(task: TrackedTask, data: FailInput) -> dict[str, int]:
+    """Fail as told; counts attempts by the job's own record, so it is safe to redeliver."""
+    attempt = task.attempt
+    if data.mode == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if data.mode == "permanent":
+        raise PermanentError(data.message)
+    if data.mode == "always" or (data.mode == "times" and attempt <= data.times):
+        raise TransientError(f"{data.message} (attempt {attempt})")
+    if data.mode == "sleep":
+        end = time.monotonic() + data.seconds
+        while time.monotonic() < end:
+            try:
+                time.sleep(0.05)
+            except SoftTimeLimitExceeded:
+                if not data.ignore_soft_limit:
+                    raise
+    return {"attempt": attempt}

@@ -1,0 +1,99 @@
+"""The job-type registry: ``@job("name", input=Schema, retry=Policy)`` makes a tracked Celery task.
+
+Adding a job type is one module: a pydantic input schema and a function decorated with ``@job``.
+The name is wire protocol (messages, the API, the DLQ and ops scripts use it): never rename one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+from pydantic import BaseModel
+
+from .base import TrackedTask
+from .retry import RetryPolicy
+
+
+@dataclass(frozen=True)
+class JobType:
+    name: str
+    input: type[BaseModel]
+    retry: RetryPolicy
+    queue: str
+    time_limit: int
+    soft_time_limit: int
+    description: str
+    task: TrackedTask
+
+    def deadline_budget(self, countdown: float = 0) -> float:
+        """Seconds a job of this type may take, from submit to terminal, before it is overdue."""
+        attempts = self.retry.max_retries + 1
+        return (
+            countdown
+            + settings.TERMINUS_QUEUE_TIMEOUT
+            + attempts * self.time_limit
+            + self.retry.worst_case_wait()
+        )
+
+
+_REGISTRY: dict[str, JobType] = {}
+
+
+def get_job_type(name: str) -> JobType | None:
+    return _REGISTRY.get(name)
+
+
+def job_types() -> dict[str, JobType]:
+    return dict(sorted(_REGISTRY.items()))
+
+
+def job(
+    name: str,
+    *,
+    input: type[BaseModel],  # noqa: A002 - the public decorator reads best as input=Schema
+    retry: RetryPolicy | None = None,
+    queue: str = "default",
+    time_limit: int | None = None,
+    soft_time_limit: int | None = None,
+) -> Callable[[Callable[..., Any]], TrackedTask]:
+    """Register ``fn(task, data)`` as job type ``name``; ``data`` is the validated ``input``."""
+    policy = retry or RetryPolicy()
+    hard = time_limit or settings.TERMINUS_DEFAULT_TIME_LIMIT
+    soft = soft_time_limit or min(settings.TERMINUS_DEFAULT_SOFT_TIME_LIMIT, max(1, hard - 1))
+    if hard > settings.TERMINUS_MAX_TIME_LIMIT:
+        raise ValueError(f"{name}: time_limit {hard}s exceeds TERMINUS_MAX_TIME_LIMIT")
+    if soft >= hard:
+        raise ValueError(f"{name}: soft_time_limit must be below time_limit")
+
+    def decorator(fn: Callable[..., Any]) -> TrackedTask:
+        if name in _REGISTRY:
+            raise ValueError(f"job type {name!r} is registered twice")
+
+        def run(self: TrackedTask, **payload: Any) -> Any:
+            data = input.model_validate(payload)
+            result = fn(self, data)
+            return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+
+        run.__name__ = fn.__name__
+        run.__doc__ = fn.__doc__
+        task = shared_task(
+            bind=True,
+            base=TrackedTask,
+            name=name,
+            queue=queue,
+            time_limit=hard,
+            soft_time_limit=soft,
+            job_retry_policy=policy,
+            **policy.task_options(),
+        )(run)
+        _REGISTRY[name] = JobType(
+            name=name, input=input, retry=policy, queue=queue, time_limit=hard, soft_time_limit=soft,
+            description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "", task=task,
+        )
+        return task
+
+    return decorator

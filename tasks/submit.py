@@ -1,0 +1,197 @@
+"""Submitting jobs: validate, record, then publish once the record is committed.
+
+The record is the outbox: it is committed before the message is published, so a worker never
+receives an id it cannot find, and a broker outage leaves a ``queued`` record with an empty
+``dispatched_at`` that can be dispatched again later. Nothing the client was told about is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from pydantic import ValidationError
+
+from results.models import Job, Status
+
+from .registry import get_job_type, job_types
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+    from results.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+
+class SubmissionError(Exception):
+    """Bad input for a submission; ``errors`` maps field names to messages."""
+
+    def __init__(self, errors: dict[str, Any]):
+        super().__init__(json.dumps(errors, default=str))
+        self.errors = errors
+
+
+class PayloadTooLarge(SubmissionError):
+    pass
+
+
+def validate_payload(type_name: str, payload: Any) -> dict[str, Any]:
+    """The payload as the job type's schema normalises it, or SubmissionError with field errors."""
+    job_type = get_job_type(type_name)
+    if job_type is None:
+        raise SubmissionError({"type": [f"unknown job type {type_name!r}; known types: {', '.join(job_types())}"]})
+    if not isinstance(payload, dict):
+        raise SubmissionError({"payload": ["must be a JSON object"]})
+    size = len(json.dumps(payload, separators=(",", ":")).encode())
+    if size > settings.TERMINUS_MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(
+            {"payload": [f"payload is {size} bytes; the limit is {settings.TERMINUS_MAX_PAYLOAD_BYTES}"]}
+        )
+    try:
+        data = job_type.input.model_validate(payload)
+    except ValidationError as exc:
+        errors: dict[str, list[str]] = {}
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "payload"
+            errors.setdefault(f"payload.{where}" if where != "payload" else where, []).append(error["msg"])
+        raise SubmissionError(errors) from None
+    return data.model_dump(mode="json")
+
+
+def submit(
+    type_name: str,
+    payload: dict[str, Any],
+    *,
+    owner: AbstractBaseUser | None = None,
+    tenant: Tenant | None = None,
+    idempotency_key: str | None = None,
+    queue: str | None = None,
+    countdown: int | None = None,
+    correlation_id: str | None = None,
+    retry_of: Job | None = None,
+) -> Job:
+    """Record a job and publish it on commit; returns the Job (its id is the Celery task id)."""
+    job, _created = submit_or_get(
+        type_name, payload, owner=owner, tenant=tenant, idempotency_key=idempotency_key, queue=queue,
+        countdown=countdown, correlation_id=correlation_id, retry_of=retry_of,
+    )
+    return job
+
+
+def submit_or_get(
+    type_name: str,
+    payload: dict[str, Any],
+    *,
+    owner: AbstractBaseUser | None = None,
+    tenant: Tenant | None = None,
+    idempotency_key: str | None = None,
+    queue: str | None = None,
+    countdown: int | None = None,
+    correlation_id: str | None = None,
+    retry_of: Job | None = None,
+) -> tuple[Job, bool]:
+    """Like submit(); also says whether the job is new (False: the idempotency key matched)."""
+    clean = validate_payload(type_name, payload)
+    job_type = get_job_type(type_name)
+    assert job_type is not None  # validate_payload checked it
+    errors: dict[str, list[str]] = {}
+    queue = queue or job_type.queue
+    if queue not in settings.TERMINUS_QUEUES:
+        errors["queue"] = [f"unknown queue {queue!r}; known queues: {', '.join(settings.TERMINUS_QUEUES)}"]
+    if countdown is not None and not 0 <= countdown <= settings.TERMINUS_MAX_COUNTDOWN:
+        errors["countdown"] = [f"must be between 0 and {settings.TERMINUS_MAX_COUNTDOWN} seconds"]
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        errors["idempotency_key"] = ["must be 1 to 255 characters"]
+    if errors:
+        raise SubmissionError(errors)
+
+    now = timezone.now()
+    job = Job(
+        id=uuid.uuid4(),
+        type=type_name,
+        queue=queue,
+        payload=clean,
+        max_retries=job_type.retry.max_retries,
+        time_limit=job_type.time_limit,
+        owner=owner if owner is not None and owner.is_authenticated else None,
+        tenant=tenant,
+        idempotency_key=idempotency_key,
+        correlation_id=correlation_id or uuid.uuid4().hex,
+        retry_of=retry_of,
+        created_at=now,
+        updated_at=now,
+        terminal_by=now + timedelta(seconds=job_type.deadline_budget(countdown or 0)),
+    )
+    with transaction.atomic():
+        if idempotency_key is not None:
+            try:
+                with transaction.atomic():
+                    job.save(force_insert=True)
+            except IntegrityError:
+                existing = _find_by_idempotency_key(idempotency_key, owner=job.owner, tenant=tenant)
+                if existing is None:
+                    raise
+                return existing, False
+        else:
+            job.save(force_insert=True)
+        transaction.on_commit(lambda: dispatch(job, countdown=countdown))
+    return job, True
+
+
+def _find_by_idempotency_key(key: str, *, owner: Any, tenant: Tenant | None) -> Job | None:
+    scope = {"tenant": tenant} if tenant is not None else {"tenant__isnull": True, "owner": owner}
+    return Job.objects.filter(idempotency_key=key, **scope).first()
+
+
+def dispatch(job: Job, *, countdown: float | None = None) -> bool:
+    """Publish the job's message (same id every time, so a re-dispatch cannot run it twice).
+
+    Returns False, leaving the record queued and undispatched, when the broker cannot be reached.
+    """
+    job_type = get_job_type(job.type)
+    if job_type is None:  # a type removed from the code while jobs of it were queued
+        Job(pk=job.pk).mark_failed(error_type="unknown_job_type", error_message=f"job type {job.type!r} is not registered")
+        return False
+    try:
+        job_type.task.apply_async(
+            kwargs=job.payload,
+            task_id=str(job.pk),
+            queue=job.queue,
+            countdown=countdown,
+            headers={"correlation_id": job.correlation_id},
+        )
+    except Exception:  # noqa: BLE001 - any broker failure must leave the record re-dispatchable
+        logger.warning("job %s recorded but not published (broker unavailable); it stays queued", job.pk, exc_info=True)
+        return False
+    Job(pk=job.pk).mark_dispatched()
+    return True
+
+
+def cancel(job: Job, *, reason: str = "cancelled by request") -> bool:
+    """Cancel a job that is not terminal; the worker stops it at its next heartbeat or claim."""
+    if not Job(pk=job.pk).mark_cancelled(reason=reason):
+        return False
+    job_type = get_job_type(job.type)
+    try:
+        if job_type is not None:
+            job_type.task.app.control.revoke(str(job.pk))
+    except Exception:  # noqa: BLE001 - the DB state already prevents the run; revoke is a courtesy
+        logger.info("revoke for job %s not broadcast", job.pk, exc_info=True)
+    return True
+
+
+def rerun(job: Job, *, owner: AbstractBaseUser | None = None) -> Job:
+    """Run a failed or cancelled job again as a new job linked to the original."""
+    if job.status not in (Status.FAILED, Status.CANCELLED):
+        raise SubmissionError({"status": [f"only failed or cancelled jobs can be retried; this one is {job.status}"]})
+    return submit(
+        job.type, job.payload, owner=owner or job.owner, tenant=job.tenant, queue=job.queue,
+        correlation_id=job.correlation_id, retry_of=job,
+    )
