@@ -1,0 +1,205 @@
+"""Fixtures that start real Celery worker processes against the configured broker and database.
+
+The suite runs twice (see the Makefile): on Redis + PostgreSQL, and on the embedded default
+(SQLite + kombu's filesystem broker). Worker processes open the *test* database: its URL is
+built from the live test connection and handed to them in DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from results.models import TERMINAL_STATUSES, Job
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def broker_kind() -> str:
+    return settings.CELERY_BROKER_URL.split(":", 1)[0]
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, interval: float = 0.1, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def wait_terminal(job_id: Any, *, timeout: float = 60) -> Job:
+    """The job once it is terminal (fails the test if it is not within ``timeout``)."""
+
+    def fetch() -> Job | None:
+        job = Job.objects.get(pk=job_id)
+        return job if job.status in TERMINAL_STATUSES else None
+
+    return wait_for(fetch, timeout=timeout, what=f"job {job_id} to become terminal")
+
+
+def wait_status(job_id: Any, status: str, *, timeout: float = 30) -> Job:
+    return wait_for(
+        lambda: Job.objects.filter(pk=job_id, status=status).first(), timeout=timeout, what=f"job {job_id} {status}"
+    )
+
+
+def test_database_url() -> str:
+    """The URL of the database this test session uses (the test database, not the dev one)."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+test_database_url.__test__ = False  # type: ignore[attr-defined]
+
+
+class WorkerProcess:
+    """A real ``celery -A project worker`` process (prefork unless told otherwise)."""
+
+    def __init__(self, *, queues: str, log_path: Path, concurrency: int = 1, pool: str = "prefork", **env: str):
+        self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
+        self.queues = queues
+        self.log_path = log_path
+        self.env = {**os.environ, "DATABASE_URL": test_database_url(), **{k: str(v) for k, v in env.items()}}
+        self.argv = [
+            sys.executable, "-m", "celery", "-A", "project", "worker", "-P", pool, "-c", str(concurrency),
+            "-Q", queues, "-n", self.name, "--loglevel=INFO", "--without-gossip", "--without-mingle",
+            "--without-heartbeat",
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, timeout: float = 60) -> WorkerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_for(
+            lambda: self.proc.poll() is not None or " ready." in self.log(),
+            timeout=timeout, what=f"worker {self.name} to be ready",
+        )
+        assert self.proc.poll() is None, f"worker exited at start:\n{self.log()}"
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def children(self) -> list[psutil.Process]:
+        return psutil.Process(self.pid).children(recursive=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children), like a vanished host."""
+        os.killpg(self.pid, signal.SIGKILL)
+        assert self.proc is not None
+        self.proc.wait(timeout=10)
+
+    def stop(self, *, timeout: float = 30) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL the group if it does not exit in time."""
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+def _purge_broker() -> None:
+    """Start the session with an empty broker so no message from an earlier run is executed."""
+    kind = broker_kind()
+    if kind in {"redis", "rediss"}:
+        import redis
+
+        redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()
+    elif kind == "filesystem":
+        options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+        for key in ("data_folder_in", "processed_folder", "control_folder"):
+            folder = Path(options[key])
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True, exist_ok=True)
+    else:
+        from project.celery import app
+
+        app.control.purge()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def session_worker(django_db_setup: None, django_db_blocker: Any, artifacts_dir: Path) -> Iterator[WorkerProcess]:
+    """One prefork worker (2 children) on the default and slow queues, shared by the session."""
+    with django_db_blocker.unblock():
+        _purge_broker()
+        worker = WorkerProcess(
+            queues="default,slow", concurrency=2, log_path=artifacts_dir / f"worker-{broker_kind()}.log"
+        ).start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def worker(session_worker: WorkerProcess, transactional_db: None) -> WorkerProcess:
+    """The shared worker; tests using it see committed rows (transactional_db)."""
+    assert session_worker.alive(), f"the shared worker died:\n{session_worker.log()[-5000:]}"
+    return session_worker
+
+
+@pytest.fixture
+def drill_queue(settings: Any) -> str:
+    """A queue of this test's own, so only the test's dedicated workers consume its jobs."""
+    name = f"drill-{uuid.uuid4().hex[:8]}"
+    settings.TERMINUS_QUEUES = [*settings.TERMINUS_QUEUES, name]
+    return name
+
+
+@pytest.fixture
+def start_worker(
+    transactional_db: None, session_worker: WorkerProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Factory for dedicated worker processes (killed, starved or reconfigured by the test)."""
+    started: list[WorkerProcess] = []
+
+    def start(queues: str, **kwargs: Any) -> WorkerProcess:
+        log = ARTIFACTS / f"{request.node.name}-{len(started)}.log"
+        log.unlink(missing_ok=True)
+        worker = WorkerProcess(queues=queues, log_path=log, **kwargs)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop(timeout=15)
