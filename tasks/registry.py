@@ -62,10 +62,11 @@ def job(
 ) -> Callable[[Callable[..., Any]], TrackedTask]:
     """Register ``fn(task, data)`` as job type ``name``; ``data`` is the validated ``input``."""
     policy = retry or RetryPolicy()
-    hard = time_limit or settings.TERMINUS_DEFAULT_TIME_LIMIT
-    soft = soft_time_limit or min(settings.TERMINUS_DEFAULT_SOFT_TIME_LIMIT, max(1, hard - 1))
-    if hard > settings.TERMINUS_MAX_TIME_LIMIT:
-        raise ValueError(f"{name}: time_limit {hard}s exceeds TERMINUS_MAX_TIME_LIMIT")
+    # TERMINUS_MAX_TIME_LIMIT caps every job type: the Redis visibility timeout is derived from
+    # it, so no attempt may outlive it (or its message would be handed to a second worker).
+    hard = min(time_limit or settings.TERMINUS_DEFAULT_TIME_LIMIT, settings.TERMINUS_MAX_TIME_LIMIT)
+    soft = soft_time_limit or settings.TERMINUS_DEFAULT_SOFT_TIME_LIMIT
+    soft = min(soft, max(1, hard - 1)) if hard > 1 else soft
     if soft >= hard:
         raise ValueError(f"{name}: soft_time_limit must be below time_limit")
 

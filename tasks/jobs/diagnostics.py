@@ -45,7 +45,7 @@ class FailInput(BaseModel):
         description=(
             "always: raise a transient error every attempt; times: fail the first `times` attempts "
             "then succeed; permanent: a non-retryable error; sleep: run `seconds` (to hit a time limit); "
-            "crash: SIGKILL the process running it, like an OOM kill (a poison message)."
+            "crash: SIGKILL the process running it after `seconds`, like an OOM kill (a poison message)."
         ),
     )
     times: int = Field(1, ge=0, le=100)
@@ -64,6 +64,7 @@ def fail(task: TrackedTask, data: FailInput) -> dict[str, int]:
     """Fail as told; counts attempts by the job's own record, so it is safe to redeliver."""
     attempt = task.attempt
     if data.mode == "crash":
+        time.sleep(data.seconds)  # die mid-job, as an OOM kill does
         os.kill(os.getpid(), signal.SIGKILL)
     if data.mode == "permanent":
         raise PermanentError(data.message)

@@ -60,3 +60,23 @@ def test_it_does_not_retry_a_non_retryable_error(worker):
     assert (done.status, done.attempts, done.error_type) == (Status.FAILED, 1, "PermanentError")
     assert done.error_message == "bad input"
     assert outcomes(done) == [AttemptOutcome.FAILED]
+
+
+def test_it_fails_a_job_that_hits_its_soft_time_limit(worker, settings):
+    # diagnostics.fail's limits come from TERMINUS_DIAGNOSTICS_TIME_LIMIT (hard N s, soft N-1 s)
+    job = submit("diagnostics.fail", {"mode": "sleep", "seconds": 30})
+    done = wait_terminal(job.id, timeout=30)
+    assert (done.status, done.error_type, done.attempts) == (Status.FAILED, "SoftTimeLimitExceeded", 1)
+    assert "soft time limit" in done.error_message
+    assert outcomes(done) == [AttemptOutcome.FAILED]
+
+
+def test_it_fails_a_job_killed_by_its_hard_time_limit(worker):
+    # Given a job that ignores the soft limit, so the worker's main process must kill its child
+    job = submit("diagnostics.fail", {"mode": "sleep", "seconds": 30, "ignore_soft_limit": True})
+    done = wait_terminal(job.id, timeout=30)
+    # Then the main process recorded the failure (the child could not)
+    assert (done.status, done.error_type, done.attempts) == (Status.FAILED, "TimeLimitExceeded", 1)
+    assert "hard time limit" in done.error_message
+    assert outcomes(done) == [AttemptOutcome.FAILED]
+    assert done.finished_at is not None
