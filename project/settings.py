@@ -90,7 +90,7 @@ if SECRET_KEY is None:
     if PRODUCTION:
         raise ImproperlyConfigured("SECRET_KEY is required when TERMINUS_ENV=production")
     # Development only: a fixed, obviously-insecure key so sessions survive restarts.
-    SECRET_KEY = "dev-insecure-terminus-key-do-not-use-in-production-0123456789abcdef"
+    SECRET_KEY = "dev-insecure-terminus-key-do-not-use-in-production-0123456789abcdef"  # noqa: S105
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 

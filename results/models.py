@@ -117,9 +117,14 @@ class Job(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
     )
     tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # NULL, not "": the unique constraints below apply only to jobs that carry a key.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     retry_of = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="reruns",
         help_text="The failed or cancelled job this one runs again.",
     )
     version = models.PositiveIntegerField(default=1, help_text="Bumped on every write; the API's ETag.")
@@ -147,7 +152,8 @@ class Job(models.Model):
             models.Index(fields=["type", "status"], name="job_type_status"),
             # Deadline check: "jobs past terminal_by" must stay 0 and be cheap to count.
             models.Index(
-                fields=["terminal_by"], name="job_open_deadline",
+                fields=["terminal_by"],
+                name="job_open_deadline",
                 condition=Q(status__in=["queued", "running", "retrying"]),
             ),
             models.Index(fields=["-created_at"], name="job_created"),
@@ -158,11 +164,13 @@ class Job(models.Model):
                 condition=Q(progress__isnull=True) | Q(progress__gte=0, progress__lte=1), name="job_progress_range"
             ),
             models.UniqueConstraint(
-                fields=["tenant", "idempotency_key"], name="job_idempotency_per_tenant",
+                fields=["tenant", "idempotency_key"],
+                name="job_idempotency_per_tenant",
                 condition=Q(idempotency_key__isnull=False, tenant__isnull=False),
             ),
             models.UniqueConstraint(
-                fields=["owner", "idempotency_key"], name="job_idempotency_per_owner",
+                fields=["owner", "idempotency_key"],
+                name="job_idempotency_per_owner",
                 condition=Q(idempotency_key__isnull=False, tenant__isnull=True),
             ),
         ]
@@ -219,12 +227,14 @@ class Job(models.Model):
             )
             if not won:
                 return None
-            attempt, lost, max_retries = Job.objects.filter(pk=self.pk).values_list(
-                "attempts", "lost_deliveries", "max_retries"
-            ).get()
+            attempt, lost, max_retries = (
+                Job.objects.filter(pk=self.pk).values_list("attempts", "lost_deliveries", "max_retries").get()
+            )
             if lost:
                 JobAttempt.objects.filter(job_id=self.pk, outcome=AttemptOutcome.RUNNING).update(
-                    outcome=AttemptOutcome.LOST, finished_at=Now(), error_type="worker_lost",
+                    outcome=AttemptOutcome.LOST,
+                    finished_at=Now(),
+                    error_type="worker_lost",
                     error_message="the worker running this attempt died; the message was delivered again",
                 )
             JobAttempt.objects.create(job_id=self.pk, number=attempt, worker=worker)
@@ -243,8 +253,11 @@ class Job(models.Model):
         """Record a transient failure; the attempt is closed and the next one scheduled."""
         with transaction.atomic():
             won = self._transition(
-                Status.RETRYING, error_type=error_type, error_message=error_message,
-                next_retry_at=next_retry_at, heartbeat_at=None,
+                Status.RETRYING,
+                error_type=error_type,
+                error_message=error_message,
+                next_retry_at=next_retry_at,
+                heartbeat_at=None,
             )
             if won:
                 self._close_attempt(attempt, AttemptOutcome.RETRIED, error_type, error_message)
@@ -253,11 +266,16 @@ class Job(models.Model):
     def mark_succeeded(self, *, attempt: int, result: Any) -> bool:
         with transaction.atomic():
             won = self._transition(
-                Status.SUCCEEDED, result=result, finished_at=Now(), next_retry_at=None,
+                Status.SUCCEEDED,
+                result=result,
+                finished_at=Now(),
+                next_retry_at=None,
                 progress=Case(
                     When(progress__isnull=False, then=Value(1.0)), default=None, output_field=models.FloatField()
                 ),
-                error_type="", error_message="", traceback="",
+                error_type="",
+                error_message="",
+                traceback="",
             )
             if won:
                 self._close_attempt(attempt, AttemptOutcome.SUCCEEDED)
@@ -269,8 +287,12 @@ class Job(models.Model):
         """Fail for good; ``attempt`` None closes whatever attempt is still open (reaper, main process)."""
         with transaction.atomic():
             won = self._transition(
-                Status.FAILED, error_type=error_type[:200], error_message=error_message,
-                traceback=traceback, finished_at=Now(), next_retry_at=None,
+                Status.FAILED,
+                error_type=error_type[:200],
+                error_message=error_message,
+                traceback=traceback,
+                finished_at=Now(),
+                next_retry_at=None,
             )
             if won:
                 self._close_attempt(attempt, AttemptOutcome.FAILED, error_type, error_message)
@@ -279,16 +301,17 @@ class Job(models.Model):
     def mark_cancelled(self, *, reason: str = "cancelled") -> bool:
         with transaction.atomic():
             won = self._transition(
-                Status.CANCELLED, finished_at=Now(), next_retry_at=None,
-                error_type="cancelled", error_message=reason,
+                Status.CANCELLED,
+                finished_at=Now(),
+                next_retry_at=None,
+                error_type="cancelled",
+                error_message=reason,
             )
             if won:
                 self._close_attempt(None, AttemptOutcome.CANCELLED, "cancelled", reason)
         return won
 
-    def _close_attempt(
-        self, attempt: int | None, outcome: str, error_type: str = "", error_message: str = ""
-    ) -> None:
+    def _close_attempt(self, attempt: int | None, outcome: str, error_type: str = "", error_message: str = "") -> None:
         open_attempts = JobAttempt.objects.filter(job_id=self.pk, outcome=AttemptOutcome.RUNNING)
         if attempt is not None:
             open_attempts = open_attempts.filter(number=attempt)

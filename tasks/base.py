@@ -11,8 +11,8 @@ import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from celery.contrib.django.task import DjangoTask
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.contrib.django.task import DjangoTask
 from celery.exceptions import Ignore, Retry
 from django.conf import settings
 from django.utils import timezone

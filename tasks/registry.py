@@ -32,12 +32,7 @@ class JobType:
     def deadline_budget(self, countdown: float = 0) -> float:
         """Seconds a job of this type may take, from submit to terminal, before it is overdue."""
         attempts = self.retry.max_retries + 1
-        return (
-            countdown
-            + settings.TERMINUS_QUEUE_TIMEOUT
-            + attempts * self.time_limit
-            + self.retry.worst_case_wait()
-        )
+        return countdown + settings.TERMINUS_QUEUE_TIMEOUT + attempts * self.time_limit + self.retry.worst_case_wait()
 
 
 _REGISTRY: dict[str, JobType] = {}
@@ -54,7 +49,7 @@ def job_types() -> dict[str, JobType]:
 def job(
     name: str,
     *,
-    input: type[BaseModel],  # noqa: A002 - the public decorator reads best as input=Schema
+    input: type[BaseModel],
     retry: RetryPolicy | None = None,
     queue: str = "default",
     time_limit: int | None = None,
@@ -92,8 +87,14 @@ def job(
             **policy.task_options(),
         )(run)
         _REGISTRY[name] = JobType(
-            name=name, input=input, retry=policy, queue=queue, time_limit=hard, soft_time_limit=soft,
-            description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "", task=task,
+            name=name,
+            input=input,
+            retry=policy,
+            queue=queue,
+            time_limit=hard,
+            soft_time_limit=soft,
+            description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
+            task=task,
         )
         return task
 

@@ -36,7 +36,9 @@ def _default_backoff_max() -> float:
     return settings.TERMINUS_RETRY_BACKOFF_MAX
 
 
-def compute_backoff(retries: int, *, base: float, cap: float, jitter: bool = True, rng: random.Random | None = None) -> float:
+def compute_backoff(
+    retries: int, *, base: float, cap: float, jitter: bool = True, rng: random.Random | None = None
+) -> float:
     """Seconds before retry number ``retries + 1``: ``base * 2**retries`` capped, with equal jitter.
 
     Equal jitter (half fixed, half random) spreads a burst of retries apart while keeping every

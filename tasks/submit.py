@@ -79,8 +79,15 @@ def submit(
 ) -> Job:
     """Record a job and publish it on commit; returns the Job (its id is the Celery task id)."""
     job, _created = submit_or_get(
-        type_name, payload, owner=owner, tenant=tenant, idempotency_key=idempotency_key, queue=queue,
-        countdown=countdown, correlation_id=correlation_id, retry_of=retry_of,
+        type_name,
+        payload,
+        owner=owner,
+        tenant=tenant,
+        idempotency_key=idempotency_key,
+        queue=queue,
+        countdown=countdown,
+        correlation_id=correlation_id,
+        retry_of=retry_of,
     )
     return job
 
@@ -157,7 +164,9 @@ def dispatch(job: Job, *, countdown: float | None = None) -> bool:
     """
     job_type = get_job_type(job.type)
     if job_type is None:  # a type removed from the code while jobs of it were queued
-        Job(pk=job.pk).mark_failed(error_type="unknown_job_type", error_message=f"job type {job.type!r} is not registered")
+        Job(pk=job.pk).mark_failed(
+            error_type="unknown_job_type", error_message=f"job type {job.type!r} is not registered"
+        )
         return False
     try:
         job_type.task.apply_async(
@@ -167,7 +176,7 @@ def dispatch(job: Job, *, countdown: float | None = None) -> bool:
             countdown=countdown,
             headers={"correlation_id": job.correlation_id},
         )
-    except Exception:  # noqa: BLE001 - any broker failure must leave the record re-dispatchable
+    except Exception:
         logger.warning("job %s recorded but not published (broker unavailable); it stays queued", job.pk, exc_info=True)
         return False
     Job(pk=job.pk).mark_dispatched()
@@ -182,7 +191,7 @@ def cancel(job: Job, *, reason: str = "cancelled by request") -> bool:
     try:
         if job_type is not None:
             job_type.task.app.control.revoke(str(job.pk))
-    except Exception:  # noqa: BLE001 - the DB state already prevents the run; revoke is a courtesy
+    except Exception:
         logger.info("revoke for job %s not broadcast", job.pk, exc_info=True)
     return True
 
@@ -192,6 +201,11 @@ def rerun(job: Job, *, owner: AbstractBaseUser | None = None) -> Job:
     if job.status not in (Status.FAILED, Status.CANCELLED):
         raise SubmissionError({"status": [f"only failed or cancelled jobs can be retried; this one is {job.status}"]})
     return submit(
-        job.type, job.payload, owner=owner or job.owner, tenant=job.tenant, queue=job.queue,
-        correlation_id=job.correlation_id, retry_of=job,
+        job.type,
+        job.payload,
+        owner=owner or job.owner,
+        tenant=job.tenant,
+        queue=job.queue,
+        correlation_id=job.correlation_id,
+        retry_of=job,
     )

@@ -82,8 +82,23 @@ class WorkerProcess:
         self.log_path = log_path
         self.env = {**os.environ, "DATABASE_URL": test_database_url(), **{k: str(v) for k, v in env.items()}}
         self.argv = [
-            sys.executable, "-m", "celery", "-A", "project", "worker", "-P", pool, "-c", str(concurrency),
-            "-Q", queues, "-n", self.name, "--loglevel=INFO", "--without-gossip", "--without-mingle",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "project",
+            "worker",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-Q",
+            queues,
+            "-n",
+            self.name,
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
             "--without-heartbeat",
         ]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -96,7 +111,8 @@ class WorkerProcess:
             )
         wait_for(
             lambda: self.proc.poll() is not None or " ready." in self.log(),
-            timeout=timeout, what=f"worker {self.name} to be ready",
+            timeout=timeout,
+            what=f"worker {self.name} to be ready",
         )
         assert self.proc.poll() is None, f"worker exited at start:\n{self.log()}"
         return self

@@ -51,7 +51,9 @@ class FailInput(BaseModel):
     times: int = Field(1, ge=0, le=100)
     seconds: float = Field(0, ge=0, le=3600)
     message: str = Field("diagnostics failure", max_length=500)
-    ignore_soft_limit: bool = Field(False, description="sleep mode: keep going past the soft limit (hits the hard one).")
+    ignore_soft_limit: bool = Field(
+        False, description="sleep mode: keep going past the soft limit (hits the hard one)."
+    )
 
 
 @job(

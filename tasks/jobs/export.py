@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import tempfile
-from datetime import datetime
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from django.core.files import File
 from django.core.files.storage import default_storage
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from results.models import Job, Status
 from tasks.base import TrackedTask
@@ -19,10 +20,24 @@ from tasks.registry import job
 
 #: Columns of an export, in order; payloads and results are left out (they may hold user data).
 COLUMNS = (
-    "id", "type", "queue", "status", "attempts", "max_retries", "error_type", "error_message", "worker",
-    "correlation_id", "created_at", "started_at", "finished_at",
+    "id",
+    "type",
+    "queue",
+    "status",
+    "attempts",
+    "max_retries",
+    "error_type",
+    "error_message",
+    "worker",
+    "correlation_id",
+    "created_at",
+    "started_at",
+    "finished_at",
 )
 HEARTBEAT_EVERY = 500
+#: A CSV cell starting with one of these is a formula to spreadsheet apps (CSV injection); error
+#: messages and correlation ids come from outside, so such cells get a leading apostrophe.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 class ExportInput(BaseModel):
@@ -31,6 +46,12 @@ class ExportInput(BaseModel):
     type: str | None = Field(None, max_length=100, description="Only jobs of this type.")
     created_after: datetime | None = None
     created_before: datetime | None = None
+
+    @field_validator("created_after", "created_before")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        # A bound without an offset means UTC (settings.TIME_ZONE), not the worker's local time.
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
     @model_validator(mode="after")
     def _range(self) -> ExportInput:
@@ -57,8 +78,22 @@ def _rows(data: ExportInput, me: Job) -> Any:
     return jobs.order_by("created_at", "id")
 
 
-def _cell(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else ("" if value is None else str(value))
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    text = str(value)
+    return f"'{text}" if isinstance(value, str) and text.startswith(FORMULA_PREFIXES) else text
+
+
+def _json_value(value: Any) -> Any:
+    """JSON keeps its types: numbers stay numbers and a missing timestamp is null, not ""."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
 
 
 @job("export.jobs", input=ExportInput, queue="slow", time_limit=1800, soft_time_limit=1780)
@@ -78,9 +113,10 @@ def export_jobs(task: TrackedTask, data: ExportInput) -> dict[str, Any]:
             out.write("[")
         for values in rows.values_list(*COLUMNS).iterator(chunk_size=2000):
             if writer:
-                writer.writerow([_cell(v) for v in values])
+                writer.writerow([_csv_cell(v) for v in values])
             else:
-                out.write(("," if written else "") + "\n" + json.dumps(dict(zip(COLUMNS, map(_cell, values), strict=True))))
+                record = dict(zip(COLUMNS, map(_json_value, values), strict=True))
+                out.write(("," if written else "") + "\n" + json.dumps(record, ensure_ascii=False))
             written += 1
             if written % HEARTBEAT_EVERY == 0:
                 task.heartbeat(progress=written / max(total, 1), message=f"{written} of {total} jobs")

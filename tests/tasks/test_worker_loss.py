@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 
 import pytest
@@ -130,7 +131,7 @@ def test_backoff_delays_grow_exponentially_within_the_cap(start_worker, drill_qu
     done = wait_terminal(job.id, timeout=60)
     attempts = list(done.attempt_set.order_by("number"))
     assert len(attempts) == done.max_retries + 1 == 6
-    gaps = [(b.started_at - a.finished_at).total_seconds() for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [(b.started_at - a.finished_at).total_seconds() for a, b in itertools.pairwise(attempts)]
     ceilings = [min(4.0, 0.5 * 2**n) for n in range(len(gaps))]  # 0.5, 1, 2, 4, 4
     for gap, ceiling in zip(gaps, ceilings, strict=True):
         # equal jitter: never below half the step; scheduling adds a little on top

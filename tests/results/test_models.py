@@ -1,0 +1,137 @@
+"""The job state machine: allowed transitions only, terminal states are final, every write is guarded."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import IntegrityError, connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from results.models import ALLOWED_SOURCES, TERMINAL_STATUSES, AttemptOutcome, Job, JobAttempt, Status
+
+pytestmark = pytest.mark.django_db
+
+
+def make_job(**fields) -> Job:
+    now = timezone.now()
+    defaults = {"type": "diagnostics.sleep", "terminal_by": now + timedelta(hours=1), "max_retries": 3}
+    return Job.objects.create(**{**defaults, **fields})
+
+
+def test_no_transition_leaves_a_terminal_state():
+    for terminal in TERMINAL_STATUSES:
+        for target, sources in ALLOWED_SOURCES.items():
+            assert terminal not in sources, f"{terminal} -> {target} must not be allowed"
+
+
+@pytest.mark.parametrize("terminal", sorted(TERMINAL_STATUSES))
+def test_a_terminal_job_cannot_be_claimed_succeeded_failed_or_cancelled(terminal):
+    job = make_job(status=terminal)
+    assert job.mark_started(worker="w1") is None
+    assert job.mark_succeeded(attempt=1, result={}) is False
+    assert job.mark_failed(error_type="X", error_message="x") is False
+    assert job.mark_cancelled() is False
+    assert Job(pk=job.pk).heartbeat() is False
+    job.refresh_from_db()
+    assert job.status == terminal and job.version == 1 and job.attempts == 0
+
+
+def test_claim_counts_the_attempt_and_opens_an_attempt_row():
+    job = make_job()
+    claim = job.mark_started(worker="w1")
+    assert claim is not None and (claim.attempt, claim.lost_deliveries, claim.max_retries) == (1, 0, 3)
+    job.refresh_from_db()
+    assert (job.status, job.attempts, job.worker, job.version) == (Status.RUNNING, 1, "w1", 2)
+    assert job.started_at and job.heartbeat_at
+    assert list(job.attempt_set.values_list("number", "outcome")) == [(1, AttemptOutcome.RUNNING)]
+
+
+def test_a_second_claim_of_a_running_job_is_a_lost_delivery():
+    job = make_job()
+    job.mark_started(worker="w1")
+    claim = job.mark_started(worker="w2")
+    assert claim is not None and (claim.attempt, claim.lost_deliveries) == (2, 1)
+    rows = list(job.attempt_set.order_by("number").values_list("number", "worker", "outcome", "error_type"))
+    assert rows == [(1, "w1", "lost", "worker_lost"), (2, "w2", "running", "")]
+
+
+def test_retry_then_success_closes_each_attempt():
+    job = make_job()
+    job.mark_started(worker="w1")
+    due = timezone.now() + timedelta(seconds=5)
+    assert job.mark_retrying(attempt=1, error_type="TransientError", error_message="boom", next_retry_at=due)
+    job.refresh_from_db()
+    assert (job.status, job.next_retry_at, job.error_type) == (Status.RETRYING, due, "TransientError")
+    job.mark_started(worker="w1")
+    assert job.mark_succeeded(attempt=2, result={"ok": True})
+    job.refresh_from_db()
+    assert (job.status, job.result, job.next_retry_at, job.error_type) == (Status.SUCCEEDED, {"ok": True}, None, "")
+    assert job.finished_at is not None
+    assert list(job.attempt_set.values_list("outcome", flat=True)) == ["retried", "succeeded"]
+
+
+def test_only_one_of_two_racing_finishers_wins():
+    job = make_job()
+    job.mark_started(worker="w1")
+    assert job.mark_succeeded(attempt=1, result=1) is True
+    assert job.mark_failed(error_type="TimeLimitExceeded", error_message="late") is False
+    job.refresh_from_db()
+    assert job.status == Status.SUCCEEDED and job.result == 1
+
+
+def test_cancel_of_a_running_job_closes_its_attempt_and_stops_heartbeats():
+    job = make_job()
+    job.mark_started(worker="w1")
+    assert job.mark_cancelled(reason="user asked") is True
+    assert Job(pk=job.pk).heartbeat(progress=0.5) is False
+    job.refresh_from_db()
+    assert (job.status, job.error_message) == (Status.CANCELLED, "user asked")
+    assert job.attempt_set.get().outcome == AttemptOutcome.CANCELLED
+
+
+def test_heartbeat_clamps_progress_and_bumps_the_version():
+    job = make_job()
+    job.mark_started(worker="w1")
+    assert Job(pk=job.pk).heartbeat(progress=7, message="almost") is True
+    job.refresh_from_db()
+    assert (job.progress, job.progress_message, job.version) == (1.0, "almost", 3)
+
+
+def test_each_transition_is_a_single_guarded_update():
+    job = make_job()
+    with CaptureQueriesContext(connection) as queries:
+        job.mark_cancelled()
+    updates = [
+        q["sql"]
+        for q in queries.captured_queries
+        if q["sql"].startswith("UPDATE") and 'results_job"' in q["sql"].split("SET")[0]
+    ]
+    assert len(updates) == 1
+    assert "status" in updates[0].split("WHERE")[1]  # conditional on the current status
+
+
+def test_the_database_rejects_an_unknown_status():
+    with pytest.raises(IntegrityError):
+        make_job(status="pending")
+
+
+def test_the_database_rejects_progress_out_of_range():
+    with pytest.raises(IntegrityError):
+        make_job(progress=1.5)
+
+
+def test_attempt_numbers_are_unique_per_job():
+    job = make_job()
+    JobAttempt.objects.create(job=job, number=1)
+    with pytest.raises(IntegrityError):
+        JobAttempt.objects.create(job=job, number=1)
+
+
+def test_past_deadline_counts_only_open_jobs_past_terminal_by():
+    past = timezone.now() - timedelta(seconds=1)
+    make_job(terminal_by=past)
+    make_job(terminal_by=past, status=Status.FAILED)
+    make_job()
+    assert Job.objects.past_deadline().count() == 1
