@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.contrib.django.task import DjangoTask
 from celery.exceptions import Ignore, Retry
+from celery.signals import task_revoked
 from django.conf import settings
 from django.utils import timezone
 
@@ -117,3 +118,17 @@ class TrackedTask(DjangoTask):
             error_message=error_message,
             traceback=str(einfo.traceback) if einfo is not None else "",
         )
+
+
+@task_revoked.connect
+def _record_revoked(sender: Any = None, request: Any = None, terminated: bool = False, expired: bool = False, **_: Any) -> None:
+    """A revoke from outside the API (celery control revoke, an expired message) still ends the job."""
+    if not isinstance(sender, TrackedTask) or request is None:
+        return
+    if expired:
+        reason = "expired before a worker could run it"
+    elif terminated:
+        reason = "revoked and terminated by an operator"
+    else:
+        reason = "revoked by an operator"
+    Job(pk=request.id).mark_cancelled(reason=reason)

@@ -138,3 +138,16 @@ def test_backoff_delays_grow_exponentially_within_the_cap(start_worker, drill_qu
         assert ceiling / 2 - 0.05 <= gap <= ceiling + 1.0, (gaps, ceilings)
     assert gaps[2] > gaps[0] and gaps[3] > gaps[1]  # grows
     assert max(gaps) <= 4 + 1.0  # and stays under the cap
+
+
+def test_a_job_revoked_outside_the_api_ends_cancelled(start_worker, drill_queue):
+    # Given a job waiting on its countdown inside a worker
+    worker = start_worker(drill_queue)
+    job = submit("diagnostics.sleep", {"seconds": 0}, queue=drill_queue, countdown=3)
+    wait_for(lambda: f"{job.id}] received" in worker.log(), timeout=20, what="the worker to hold the message")
+    # When an operator revokes it with Celery's own control command
+    get_job_type("diagnostics.sleep").task.app.control.revoke(str(job.id))
+    # Then the record ends cancelled instead of staying queued forever
+    done = wait_terminal(job.id, timeout=30)
+    assert (done.status, done.attempts) == (Status.CANCELLED, 0)
+    assert done.error_message == "revoked by an operator"
