@@ -9,7 +9,7 @@ from celery.signals import setup_logging
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
-app = Celery("terminus", task_cls="tasks.base:TrackedTask")
+app = Celery("terminus")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 # Job types live in the modules listed by TERMINUS_JOB_MODULES; tasks.apps imports them when
 # Django is ready, so web, worker and beat see the same registry.
@@ -24,3 +24,14 @@ def _use_django_logging(**_: object) -> None:
     from django.conf import settings
 
     dictConfig(settings.LOGGING)
+
+
+def _install_dead_letter_drain() -> None:
+    """On RabbitMQ, workers that consume dead_letter also drain the broker's dead-letter queue."""
+    if app.conf.broker_url.startswith(("amqp", "pyamqp")):
+        from tasks.dlx import DeadLetterExchangeDrain
+
+        app.steps["consumer"].add(DeadLetterExchangeDrain)
+
+
+_install_dead_letter_drain()

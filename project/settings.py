@@ -144,6 +144,7 @@ USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
 # Export files and other job output. Production points this at shared storage (a volume or
 # django-storages) so that web and every worker see the same files.
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
@@ -176,6 +177,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": _test_db_name or str(VAR_DIR / "test_terminus.sqlite3")}
 elif _test_db_name:
     DATABASES["default"]["TEST"] = {"NAME": _test_db_name}
+
+# ---------------------------------------------------------------------------------------------
+# Cache (API throttling, shared by every web process when CACHE_URL points at Redis)
+# ---------------------------------------------------------------------------------------------
+CACHE_URL = env_str("CACHE_URL")
+if CACHE_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # ---------------------------------------------------------------------------------------------
 # Security (production)
@@ -240,6 +250,35 @@ TERMINUS_JOB_MODULES = env_list(
 # diagnostics.fail's hard time limit (its soft limit is one second less); tests shorten it.
 TERMINUS_DIAGNOSTICS_TIME_LIMIT = env_int("TERMINUS_DIAGNOSTICS_TIME_LIMIT", 60, minimum=2)
 TERMINUS_WEBHOOK_TIMEOUT = env_float("TERMINUS_WEBHOOK_TIMEOUT", 10.0, minimum=0.1)
+
+# Dead letters and alerts
+TERMINUS_BASE_URL = env_str("TERMINUS_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+TERMINUS_ALERT_WEBHOOK_URL = env_str("TERMINUS_ALERT_WEBHOOK_URL")  # Slack-compatible incoming webhook
+TERMINUS_ALERT_MAIL = env_bool("TERMINUS_ALERT_MAIL", False)  # mail ADMINS on final failures
+TERMINUS_ALERT_WINDOW = env_int("TERMINUS_ALERT_WINDOW", 600, minimum=1)  # one alert per type+error per window
+TERMINUS_DEAD_LETTER_MAX_ROWS = env_int("TERMINUS_DEAD_LETTER_MAX_ROWS", 100_000, minimum=1)
+TERMINUS_DEAD_LETTER_MAX_AGE_DAYS = env_int("TERMINUS_DEAD_LETTER_MAX_AGE_DAYS", 90, minimum=1)
+
+# ---------------------------------------------------------------------------------------------
+# Mail (alerts to ADMINS)
+# ---------------------------------------------------------------------------------------------
+ADMINS = [
+    (address.split("<")[0].strip() or address, address.split("<")[-1].rstrip(">").strip())
+    for address in env_list("ADMINS", [])
+]
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.smtp.EmailBackend" if PRODUCTION else "django.core.mail.backends.console.EmailBackend",
+)
+EMAIL_FILE_PATH = env_str("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = 10
+SERVER_EMAIL = env_str("SERVER_EMAIL", "terminus@localhost")
+DEFAULT_FROM_EMAIL = SERVER_EMAIL
 
 # ---------------------------------------------------------------------------------------------
 # Celery
@@ -314,6 +353,24 @@ elif CELERY_BROKER_URL.startswith(("redis", "rediss")):
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Poison messages (undecodable, unknown task, malformed) are recorded as dead letters, not dropped.
+CELERY_WORKER_CONSUMER = "tasks.poison:TerminusConsumer"
+if CELERY_BROKER_URL.startswith(("amqp", "pyamqp")):
+    # RabbitMQ: work queues dead-letter broker-level rejects to a real DLX; a worker that consumes
+    # dead_letter also drains dead_letter.raw into records. Queue arguments cannot change once a
+    # queue exists: a new argument means a new queue name.
+    from kombu import Exchange, Queue
+
+    _dlx = Exchange("terminus.dlx", type="direct")
+    CELERY_TASK_QUEUES = [
+        Queue(
+            name,
+            Exchange(name, type="direct"),
+            routing_key=name,
+            queue_arguments={"x-dead-letter-exchange": _dlx.name, "x-dead-letter-routing-key": "dead_letter.raw"},
+        )
+        for name in [*TERMINUS_QUEUES, "dead_letter"]
+    ] + [Queue("dead_letter.raw", _dlx, routing_key="dead_letter.raw")]
 
 # ---------------------------------------------------------------------------------------------
 # Logging
@@ -333,14 +390,8 @@ LOGGING = {
 SENTRY_DSN = env_str("SENTRY_DSN")
 if SENTRY_DSN:
     # Initialised here, before Celery imports its tracer, so the Celery integration patches it.
-    import sentry_sdk
-    from sentry_sdk.integrations.celery import CeleryIntegration
-    from sentry_sdk.integrations.django import DjangoIntegration
+    from project.sentry import init as _init_sentry
 
-    sentry_sdk.init(
-        dsn=SENTRY_DSN,
-        environment=env_str("SENTRY_ENVIRONMENT", TERMINUS_ENV),
-        release=env_str("SENTRY_RELEASE"),
-        send_default_pii=False,
-        integrations=[DjangoIntegration(), CeleryIntegration()],
+    _init_sentry(
+        dsn=SENTRY_DSN, environment=env_str("SENTRY_ENVIRONMENT", TERMINUS_ENV), release=env_str("SENTRY_RELEASE")
     )

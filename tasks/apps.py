@@ -9,6 +9,7 @@ class TasksConfig(AppConfig):
     verbose_name = "Terminus runtime"
 
     def ready(self) -> None:
-        # Importing a job module registers its job types (and their Celery tasks).
-        for module in settings.TERMINUS_JOB_MODULES:
+        # Importing a job module registers its job types (and their Celery tasks); the runtime's
+        # own Celery-native tasks (dead letters, alerts) register the same way.
+        for module in ("tasks.dead_letter", "tasks.alerting", *settings.TERMINUS_JOB_MODULES):
             import_module(module)

@@ -18,8 +18,10 @@ from celery.signals import task_revoked
 from django.conf import settings
 from django.utils import timezone
 
-from results.models import Job
+from project.sentry import TRACKED_TAG
+from results.models import DeadLetterReason, Job
 
+from .dead_letter import dead_letter_job, reason_for
 from .errors import JobCancelled
 
 if TYPE_CHECKING:
@@ -73,8 +75,12 @@ class TrackedTask(DjangoTask):
             logger.warning("job %s not run: it is terminal, cancelled or unknown", task_id)
             raise Ignore()
         self.request.terminus_attempt = claim.attempt
+        if settings.SENTRY_DSN:
+            import sentry_sdk
+
+            sentry_sdk.set_tag(TRACKED_TAG, "1")  # its failures reach Sentry through the dead letter
         if claim.lost_deliveries >= settings.TERMINUS_MAX_LOST_DELIVERIES:
-            job.mark_failed(
+            won = job.mark_failed(
                 attempt=claim.attempt,
                 error_type="worker_lost",
                 error_message=(
@@ -83,6 +89,8 @@ class TrackedTask(DjangoTask):
                 ),
             )
             logger.error("job %s failed: its worker was lost %s times", task_id, claim.lost_deliveries)
+            if won:
+                dead_letter_job(task_id, reason=DeadLetterReason.WORKER_LOST)
             raise Ignore()
 
     def retry(self, *args: Any, countdown: float | None = None, eta: Any = None, **options: Any) -> Retry:
@@ -112,16 +120,26 @@ class TrackedTask(DjangoTask):
         """Fail the record for good: retries exhausted, non-retryable error or a time limit."""
         error_type, error_message = describe_error(exc)
         attempt = getattr(self.request, "terminus_attempt", None) if self.request.id == task_id else None
-        Job(pk=task_id).mark_failed(
+        won = Job(pk=task_id).mark_failed(
             attempt=attempt,
             error_type=error_type,
             error_message=error_message,
             traceback=str(einfo.traceback) if einfo is not None else "",
         )
+        if won:
+            dead_letter_job(task_id, reason=reason_for(error_type, retryable=self._retryable(exc)))
+
+    def _retryable(self, exc: BaseException) -> bool:
+        policy = self.job_retry_policy
+        if policy is None:
+            return False
+        return isinstance(exc, policy.retry_on) and not isinstance(exc, policy.never_retry)
 
 
 @task_revoked.connect
-def _record_revoked(sender: Any = None, request: Any = None, terminated: bool = False, expired: bool = False, **_: Any) -> None:
+def _record_revoked(
+    sender: Any = None, request: Any = None, terminated: bool = False, expired: bool = False, **_: Any
+) -> None:
     """A revoke from outside the API (celery control revoke, an expired message) still ends the job."""
     if not isinstance(sender, TrackedTask) or request is None:
         return

@@ -42,6 +42,35 @@ class PayloadTooLarge(SubmissionError):
     pass
 
 
+#: Deeper payloads exhaust the recursion of JSON encoders on the way to the worker.
+MAX_PAYLOAD_DEPTH = 100
+
+
+def storable_json_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be stored and sent as a job payload, or None.
+
+    PostgreSQL's jsonb refuses NUL characters (``\\u0000``) in strings and keys, which would
+    otherwise surface as a database error on one backend and not the other; and very deep
+    nesting exhausts the recursion of every JSON encoder on the way to the worker.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_PAYLOAD_DEPTH:
+            return f"must not be nested more than {MAX_PAYLOAD_DEPTH} levels deep"
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "must not contain NUL characters (\\u0000)"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if "\x00" in str(key):
+                    return "must not contain NUL characters (\\u0000)"
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return None
+
+
 def validate_payload(type_name: str, payload: Any) -> dict[str, Any]:
     """The payload as the job type's schema normalises it, or SubmissionError with field errors."""
     job_type = get_job_type(type_name)
@@ -49,6 +78,9 @@ def validate_payload(type_name: str, payload: Any) -> dict[str, Any]:
         raise SubmissionError({"type": [f"unknown job type {type_name!r}; known types: {', '.join(job_types())}"]})
     if not isinstance(payload, dict):
         raise SubmissionError({"payload": ["must be a JSON object"]})
+    problem = storable_json_problem(payload)
+    if problem:
+        raise SubmissionError({"payload": [problem]})
     size = len(json.dumps(payload, separators=(",", ":")).encode())
     if size > settings.TERMINUS_MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(
@@ -208,4 +240,5 @@ def rerun(job: Job, *, owner: AbstractBaseUser | None = None) -> Job:
         queue=job.queue,
         correlation_id=job.correlation_id,
         retry_of=job,
+        idempotency_key=f"rerun-of-{job.pk}",  # a double-clicked retry returns the first rerun
     )

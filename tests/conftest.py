@@ -24,6 +24,7 @@ from django.conf import settings
 from django.db import connection
 
 from results.models import TERMINAL_STATUSES, Job
+from tests.alert_sink import AlertSink
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -176,12 +177,45 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def session_worker(django_db_setup: None, django_db_blocker: Any, artifacts_dir: Path) -> Iterator[WorkerProcess]:
-    """One prefork worker (2 children) on the default and slow queues, shared by the session."""
+def alert_sink() -> Iterator[AlertSink]:
+    """Where the workers' alert webhooks and Sentry envelopes go during the tests."""
+    sink = AlertSink().start()
+    yield sink
+    sink.stop()
+
+
+def alerting_env(sink: AlertSink, mail_dir: Path) -> dict[str, str]:
+    """Worker settings that route every alert channel to places the tests can read."""
+    return {
+        "TERMINUS_ALERT_WEBHOOK_URL": f"{sink.url}/alerts",
+        "SENTRY_DSN": sink.dsn,
+        "TERMINUS_ALERT_MAIL": "true",
+        "ADMINS": "Ops <ops@example.com>",
+        "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+        "EMAIL_FILE_PATH": str(mail_dir),
+    }
+
+
+@pytest.fixture(scope="session")
+def mail_dir(artifacts_dir: Path) -> Path:
+    path = artifacts_dir / f"mail-{broker_kind()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def session_worker(
+    django_db_setup: None, django_db_blocker: Any, artifacts_dir: Path, alert_sink: AlertSink, mail_dir: Path
+) -> Iterator[WorkerProcess]:
+    """One prefork worker (2 children) on the default, slow and dead_letter queues, for the session."""
     with django_db_blocker.unblock():
         _purge_broker()
         worker = WorkerProcess(
-            queues="default,slow", concurrency=2, log_path=artifacts_dir / f"worker-{broker_kind()}.log"
+            queues="default,slow,dead_letter",
+            concurrency=2,
+            log_path=artifacts_dir / f"worker-{broker_kind()}.log",
+            **alerting_env(alert_sink, mail_dir),
         ).start()
     yield worker
     worker.stop()

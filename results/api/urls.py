@@ -1,3 +1,16 @@
-from django.urls import path
+"""Routes under /api/ (project/urls.py mounts them; /api/schema/ is served there)."""
 
-urlpatterns: list = []
+from django.urls import path, re_path
+
+from .views import JobTypeListView, JobViewSet, NotFoundView
+
+# Ids are matched as any segment and checked in the view, so a malformed id is the API's own
+# JSON 404 rather than Django's HTML one.
+urlpatterns = [
+    path("jobs/", JobViewSet.as_view({"get": "list", "post": "create"}), name="api-job-list"),
+    path("jobs/<str:pk>/", JobViewSet.as_view({"get": "retrieve"}), name="api-job-detail"),
+    path("jobs/<str:pk>/cancel/", JobViewSet.as_view({"post": "cancel"}), name="api-job-cancel"),
+    path("jobs/<str:pk>/retry/", JobViewSet.as_view({"post": "retry"}), name="api-job-retry"),
+    path("job-types/", JobTypeListView.as_view(), name="api-job-types"),
+    re_path(r"^.*$", NotFoundView.as_view(), name="api-not-found"),
+]

@@ -82,7 +82,7 @@ def test_it_exports_only_the_submitters_tenant_as_csv(worker, export, tenant, ot
     # Given jobs of the submitter's tenant, of another tenant and of no tenant
     mine = make_jobs(2, tenant=tenant, status=Status.SUCCEEDED)
     mine += make_jobs(
-        1, tenant=tenant, status=Status.FAILED, error_type="WebhookRejected", error_message="=HYPERLINK(\"x\")"
+        1, tenant=tenant, status=Status.FAILED, error_type="WebhookRejected", error_message='=HYPERLINK("x")'
     )
     make_jobs(2, tenant=other_tenant)
     make_jobs(1)
@@ -99,10 +99,13 @@ def test_it_exports_only_the_submitters_tenant_as_csv(worker, export, tenant, ot
     records = [dict(zip(COLUMNS, row, strict=True)) for row in rows[1:]]
     assert {r["id"] for r in records} == ids(mine)
     # A cell a spreadsheet would run as a formula is neutralised
-    assert [r["error_message"] for r in records if r["status"] == "failed"] == ["'=HYPERLINK(\"x\")"]
+    assert [r["error_message"] for r in records if r["status"] == "failed"] == ['\'=HYPERLINK("x")']
     # And the result describes the file
     assert done.result == {
-        "path": f"exports/{job.pk}.csv", "rows": 3, "format": "csv", "bytes": len(content.encode()),
+        "path": f"exports/{job.pk}.csv",
+        "rows": 3,
+        "format": "csv",
+        "bytes": len(content.encode()),
     }
     assert default_storage.size(done.result["path"]) == done.result["bytes"]
     assert done.progress == 1.0
@@ -141,7 +144,9 @@ def test_it_filters_by_status_type_and_creation_time(worker, export, tenant):
     make_jobs(1, tenant=tenant, type="webhook.deliver", status=Status.FAILED, created_at=now - timedelta(days=3))
 
     job = export(
-        format="json", status=["failed"], type="webhook.deliver",
+        format="json",
+        status=["failed"],
+        type="webhook.deliver",
         created_after=(now - timedelta(days=1)).isoformat(),
     )
     done = wait_terminal(job.id)

@@ -50,7 +50,8 @@ class Command(BaseCommand):
                     f"  Admin:  {base}/admin/   user: admin   password: {password}",
                     f"  Token:  {token.key}",
                     f'  Try:    curl -s -X POST {base}/api/jobs/ -H "Authorization: Token {token.key}" '
-                    '-H "Content-Type: application/json" -d \'{"type": "diagnostics.sleep", "payload": {"seconds": 2}}\'',
+                    '-H "Content-Type: application/json" '
+                    '-d \'{"type": "diagnostics.sleep", "payload": {"seconds": 2}}\'',
                     "",
                 ]
             )

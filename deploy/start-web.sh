@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Web role: gunicorn serving project.wsgi on 0.0.0.0:${PORT:-8000}; access and error log to stdout.
+#   GUNICORN_WORKERS (3)  GUNICORN_THREADS (2)  GUNICORN_TIMEOUT (30)  GUNICORN_GRACEFUL_TIMEOUT (25)
+# Set worker counts explicitly: nproc in a container reports the host's CPUs, not the limit.
+# On SIGTERM gunicorn stops accepting, lets requests finish for the graceful timeout, then exits;
+# keep the supervisor's stop timeout above it (compose stop_grace_period, k8s
+# terminationGracePeriodSeconds, systemd TimeoutStopSec). More flags: GUNICORN_CMD_ARGS.
+set -o errexit -o nounset -o pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+exec gunicorn project.wsgi:application \
+  --bind "0.0.0.0:${PORT:-8000}" \
+  --workers "${GUNICORN_WORKERS:-3}" \
+  --threads "${GUNICORN_THREADS:-2}" \
+  --timeout "${GUNICORN_TIMEOUT:-30}" \
+  --graceful-timeout "${GUNICORN_GRACEFUL_TIMEOUT:-25}" \
+  --keep-alive 5 \
+  --max-requests "${GUNICORN_MAX_REQUESTS:-1000}" \
+  --max-requests-jitter 100 \
+  --worker-tmp-dir "${GUNICORN_WORKER_TMP_DIR:-/dev/shm}" \
+  --no-control-socket \
+  --access-logfile - \
+  --error-logfile -

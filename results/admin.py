@@ -1,0 +1,414 @@
+"""Operator admin for job records: read-only, tenant-scoped, and cheap on a table of millions of rows.
+
+Job rows are written by machines (submit, workers, the reaper) through the state machine in
+``results.models``, so the admin never edits them: operators act on jobs only through the same
+calls the API uses (``tasks.submit.rerun`` and ``tasks.submit.cancel``).
+
+Nothing on the change list scans the whole table: the paginator never runs a bare ``COUNT(*)``,
+the filters take their choices from code (the registry, settings), not ``SELECT DISTINCT``, and
+search is exact-match on indexed columns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.core.paginator import Paginator
+from django.db import connections
+from django.db.models import Q, QuerySet
+from django.urls import reverse
+from django.utils.functional import cached_property
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import ngettext
+
+from tasks.registry import job_types
+from tasks.submit import SubmissionError, cancel, rerun
+
+from .models import Job, JobAttempt, Membership, Status, Tenant
+from .querysets import OPEN_STATUSES
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest, HttpResponse
+
+#: Columns never loaded for the change list: they can be large and it shows none of them.
+LARGE_FIELDS = ("payload", "result", "traceback", "error_message")
+#: Longest JSON or traceback text rendered on a change page (the rest is cut, with a note).
+MAX_RENDERED_CHARS = 100_000
+#: Most jobs one retry or cancel action touches; a larger selection must be narrowed first.
+MAX_ACTION_JOBS = 1_000
+
+# The change page, every field read-only; JSON and the traceback through their display methods.
+IDENTITY_FIELDS = (
+    "id", "type", "status_badge", "queue", "tenant", "owner", "correlation_id", "idempotency_key",
+    "retry_of_link", "reruns_links",
+)  # fmt: skip
+OUTCOME_FIELDS = ("payload_pretty", "result_pretty", "error_type", "error_message", "traceback_pre")
+PROGRESS_FIELDS = (
+    "attempts", "max_retries", "lost_deliveries", "progress", "progress_message", "worker", "time_limit", "version",
+)  # fmt: skip
+TIMELINE_FIELDS = (
+    "created_at", "dispatched_at", "started_at", "heartbeat_at", "next_retry_at", "finished_at", "terminal_by",
+    "updated_at",
+)  # fmt: skip
+
+STATUS_COLORS = {
+    Status.QUEUED: "#6c757d",
+    Status.RUNNING: "#0d6efd",
+    Status.RETRYING: "#b8860b",
+    Status.SUCCEEDED: "#198754",
+    Status.FAILED: "#dc3545",
+    Status.CANCELLED: "#6f42c1",
+}
+
+
+class CheapCountPaginator(Paginator):
+    """A paginator whose count costs at most ``exact_count_limit`` rows, whatever the table size.
+
+    - Unfiltered on PostgreSQL: the planner's estimate (``pg_class.reltuples``, kept by
+      autovacuum/ANALYZE) when it is above the limit: no scan at all.
+    - Otherwise (filtered, SQLite, or a small/never-analyzed table): ``COUNT(*)`` over a
+      ``LIMIT exact_count_limit + 1`` subquery, so the count stops after that many rows and a
+      larger result reports the limit.
+
+    ``approximate`` tells the page to say the count is an estimate or a floor.
+    """
+
+    #: Counted exactly up to this many rows; beyond it the count is an estimate or a cap.
+    exact_count_limit = 10_000
+
+    approximate = False
+
+    @cached_property
+    def count(self) -> int:
+        estimate = self._table_estimate()
+        if estimate is not None and estimate > self.exact_count_limit:
+            self.approximate = True
+            return estimate
+        object_list = self.object_list
+        if not isinstance(object_list, QuerySet):
+            return len(object_list)
+        counted = object_list.order_by()[: self.exact_count_limit + 1].count()
+        if counted > self.exact_count_limit:
+            self.approximate = True
+            return self.exact_count_limit
+        return counted
+
+    def _table_estimate(self) -> int | None:
+        """PostgreSQL's row estimate for an unfiltered queryset's table; None if not applicable."""
+        qs = self.object_list
+        if not isinstance(qs, QuerySet) or qs.query.where or qs.query.distinct or qs.query.is_sliced:
+            return None
+        connection = connections[qs.db]
+        if connection.vendor != "postgresql":
+            return None
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)",
+                [connection.ops.quote_name(qs.model._meta.db_table)],
+            )
+            row = cursor.fetchone()
+        # -1 (PostgreSQL 14+) or 0: never vacuumed or analyzed, so no estimate to trust.
+        if row is None or row[0] is None or row[0] <= 0:
+            return None
+        return int(row[0])
+
+
+class JobChangeList(ChangeList):
+    """The change list's queryset, without the large columns it never shows."""
+
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Job]:
+        return super().get_queryset(request, exclude_parameters).defer(*LARGE_FIELDS)
+
+
+class JobTypeFilter(admin.SimpleListFilter):
+    """Job types from the registry: no ``SELECT DISTINCT type`` over the whole table."""
+
+    title = "type"
+    parameter_name = "type"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(name, name) for name in job_types()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Job]) -> QuerySet[Job]:
+        return queryset.filter(type=self.value()) if self.value() else queryset
+
+
+class QueueFilter(admin.SimpleListFilter):
+    """Queues from settings: no ``SELECT DISTINCT queue`` (an unindexed column) per page view."""
+
+    title = "queue"
+    parameter_name = "queue"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(name, name) for name in settings.TERMINUS_QUEUES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Job]) -> QuerySet[Job]:
+        return queryset.filter(queue=self.value()) if self.value() else queryset
+
+
+def _pretty_json(value: Any) -> str:
+    if value is None:
+        return "-"
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    return _pre(text)
+
+
+def _pre(text: str) -> str:
+    if not text:
+        return "-"
+    note = ""
+    if len(text) > MAX_RENDERED_CHARS:
+        note = f"\n… cut: {len(text) - MAX_RENDERED_CHARS} more characters"
+        text = text[:MAX_RENDERED_CHARS]
+    return format_html('<pre style="white-space: pre-wrap; margin: 0">{}{}</pre>', text, note)
+
+
+def _job_link(job_id: Any) -> str:
+    return format_html('<a href="{}">{}</a>', reverse("admin:results_job_change", args=[job_id]), job_id)
+
+
+class JobAttemptInline(admin.TabularInline):
+    """Every try of the job, as recorded by the worker: history only, never edited."""
+
+    model = JobAttempt
+    fields = ("number", "outcome", "worker", "started_at", "finished_at", "error_type", "error_message")
+    readonly_fields = fields
+    ordering = ("number",)
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_view_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        # Attempts are part of the job's record: whoever may view the job may view its attempts.
+        return request.user.has_perm("results.view_job") or request.user.has_perm("results.change_job")
+
+    def has_add_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    """Read-only job records with retry and cancel actions; tenant staff see only their tenant."""
+
+    list_display = ("id", "type", "status_badge", "queue", "attempts", "tenant", "owner", "created_at", "finished_at")
+    list_filter = ("status", JobTypeFilter, QueueFilter, ("created_at", admin.DateFieldListFilter))
+    list_select_related = ("tenant", "owner")
+    # Sorting by an unindexed column would sort the whole table on every page view.
+    sortable_by = ("created_at",)
+    # Shown for the search box; the search itself is get_search_results (exact, indexed).
+    search_fields = ("id", "correlation_id", "idempotency_key")
+    search_help_text = "Exact job id, correlation id or idempotency key."
+    paginator = CheapCountPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    list_per_page = 50
+    actions = ("retry", "cancel")
+    inlines = (JobAttemptInline,)
+    fieldsets = (
+        (None, {"fields": IDENTITY_FIELDS}),
+        ("Input and outcome", {"fields": OUTCOME_FIELDS}),
+        ("Progress", {"fields": PROGRESS_FIELDS}),
+        ("Timeline", {"fields": TIMELINE_FIELDS}),
+    )
+    readonly_fields = IDENTITY_FIELDS + OUTCOME_FIELDS + PROGRESS_FIELDS + TIMELINE_FIELDS
+
+    # -- scope ---------------------------------------------------------------------------------
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
+        """Superusers see every job; staff who act for a tenant see only that tenant's."""
+        qs = super().get_queryset(request).select_related("tenant", "owner")
+        user = request.user
+        if user.is_superuser:
+            return qs
+        membership = getattr(user, "membership", None)
+        if membership is not None:
+            return qs.filter(tenant_id=membership.tenant_id)
+        return qs.visible_to(user)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return JobChangeList
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Job], search_term: str
+    ) -> tuple[QuerySet[Job], bool]:
+        """Exact match on the primary key or correlation id (both indexed), else the idempotency key.
+
+        The default admin search would run ``icontains`` (or ``CAST(id AS text)`` for the UUID key),
+        which no index serves: a scan of every row per search.
+        """
+        term = search_term.strip().strip("\"'").strip()
+        if not term:
+            return queryset, False
+        by_key = Q(correlation_id=term)
+        with contextlib.suppress(ValueError):  # not a UUID: it can only be a correlation id
+            by_key |= Q(pk=uuid.UUID(term))
+        matches = queryset.filter(by_key)
+        if matches.exists():
+            return matches, False
+        return queryset.filter(idempotency_key=term), False
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        cl = getattr(response, "context_data", None) and response.context_data.get("cl")
+        paginator = getattr(cl, "paginator", None)
+        if getattr(paginator, "approximate", False):
+            limit = paginator.exact_count_limit
+            if paginator.count > limit:
+                response.context_data["subtitle"] = f"About {paginator.count:,} jobs (PostgreSQL's estimate)"
+            else:
+                response.context_data["subtitle"] = f"More than {limit:,} jobs match: pages stop at {limit:,}"
+        return response
+
+    # -- permissions: a read-only record -------------------------------------------------------
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        # Not even for superusers: the row is what API clients poll and the attempts' audit trail;
+        # deleting an open job orphans its broker message. Retention deletes in batches instead.
+        return False
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        """Retry and cancel need the model's change permission (the form itself stays read-only)."""
+        return request.user.has_perm("results.change_job")
+
+    # -- columns -------------------------------------------------------------------------------
+    @admin.display(description="status")
+    def status_badge(self, obj: Job) -> str:
+        color = STATUS_COLORS.get(obj.status, "#000")
+        return format_html('<strong style="color: {}">{}</strong>', color, obj.get_status_display())
+
+    @admin.display(description="payload")
+    def payload_pretty(self, obj: Job) -> str:
+        return _pretty_json(obj.payload)
+
+    @admin.display(description="result")
+    def result_pretty(self, obj: Job) -> str:
+        return _pretty_json(obj.result)
+
+    @admin.display(description="traceback")
+    def traceback_pre(self, obj: Job) -> str:
+        return _pre(obj.traceback)
+
+    @admin.display(description="retry of")
+    def retry_of_link(self, obj: Job) -> str:
+        return _job_link(obj.retry_of_id) if obj.retry_of_id else "-"
+
+    @admin.display(description="re-run as")
+    def reruns_links(self, obj: Job) -> str:
+        ids = list(Job.objects.filter(retry_of_id=obj.pk).order_by("created_at").values_list("id", flat=True)[:20])
+        if not ids:
+            return "-"
+        return format_html_join(
+            ", ", '<a href="{}">{}</a>', ((reverse("admin:results_job_change", args=[i]), i) for i in ids)
+        )
+
+    # -- actions -------------------------------------------------------------------------------
+    def _selection(self, request: HttpRequest, queryset: QuerySet[Job], verb: str) -> list[Job] | None:
+        """The selected jobs (one query), or None with an error message if there are too many."""
+        jobs = list(queryset.order_by("created_at")[: MAX_ACTION_JOBS + 1])
+        if len(jobs) > MAX_ACTION_JOBS:
+            self.message_user(
+                request, f"Select at most {MAX_ACTION_JOBS:,} jobs to {verb}; narrow the filter.", messages.ERROR
+            )
+            return None
+        return jobs
+
+    @admin.action(description="Retry selected failed or cancelled jobs (as new jobs)", permissions=["operate"])
+    def retry(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        # defer(None): rerun() needs the payload the change list leaves out.
+        jobs = self._selection(request, queryset.defer(None), "retry")
+        if jobs is None:
+            return
+        retried = 0
+        refused: list[str] = []
+        retryable = [job for job in jobs if job.status in (Status.FAILED, Status.CANCELLED)]
+        for job in retryable:
+            try:
+                rerun(job)
+            except SubmissionError as exc:  # e.g. its type was removed or its schema changed since
+                refused.append(f"{job.pk}: {exc}")
+            else:
+                retried += 1
+        if retried:
+            self.message_user(
+                request,
+                ngettext("Retried %(count)d job as a new job.", "Retried %(count)d jobs as new jobs.", retried)
+                % {"count": retried},
+                messages.SUCCESS,
+            )
+        if skipped := len(jobs) - len(retryable):
+            self.message_user(
+                request,
+                ngettext(
+                    "Skipped %(count)d job that is not failed or cancelled.",
+                    "Skipped %(count)d jobs that are not failed or cancelled.",
+                    skipped,
+                )
+                % {"count": skipped},
+                messages.WARNING,
+            )
+        if refused:
+            self.message_user(
+                request,
+                ngettext(
+                    "Could not retry %(count)d job: %(why)s", "Could not retry %(count)d jobs: %(why)s", len(refused)
+                )
+                % {"count": len(refused), "why": "; ".join(refused[:10])},
+                messages.ERROR,
+            )
+
+    @admin.action(description="Cancel selected jobs that are not finished", permissions=["operate"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        jobs = self._selection(request, queryset.select_related(None).only("id", "type", "status"), "cancel")
+        if jobs is None:
+            return
+        reason = f"cancelled by {request.user.get_username()} in the admin"
+        # cancel() is a guarded UPDATE: a job that finished since the page was shown is left alone.
+        cancelled = sum(1 for job in jobs if job.status in OPEN_STATUSES and cancel(job, reason=reason))
+        if cancelled:
+            self.message_user(
+                request,
+                ngettext("Cancelled %(count)d job.", "Cancelled %(count)d jobs.", cancelled) % {"count": cancelled},
+                messages.SUCCESS,
+            )
+        if skipped := len(jobs) - cancelled:
+            self.message_user(
+                request,
+                ngettext(
+                    "Skipped %(count)d job that had already finished.",
+                    "Skipped %(count)d jobs that had already finished.",
+                    skipped,
+                )
+                % {"count": skipped},
+                messages.WARNING,
+            )
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ("name", "created_at")
+    search_fields = ("name",)
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ("user", "tenant")
+    list_select_related = ("user", "tenant")
+    search_fields = ("user__username", "tenant__name")
+    raw_id_fields = ("user", "tenant")

@@ -1,0 +1,229 @@
+"""What goes over the wire: the submission, the job as clients poll it, list filters, job types.
+
+Errors from any of these reach the client in the one shape of ``results.api.errors``:
+``{"detail": "...", "errors": {"<field>": ["<message>"]}}`` with status 400 (413 when too large).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from results.models import Job, JobAttempt, Status
+from tasks.submit import storable_json_problem
+
+
+class StrictCharField(serializers.CharField):
+    """A CharField that refuses numbers and booleans instead of turning them into strings."""
+
+    default_error_messages = {"not_a_string": "Must be a string."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
+class SubmitSerializer(serializers.Serializer):
+    """Body of ``POST /api/jobs/``.
+
+    ``type`` must be a registered job type (``GET /api/job-types/``) and ``payload`` an object
+    valid for its input schema; schema errors come back keyed ``payload.<field>``. Unknown
+    top-level fields are refused (a typo such as ``paylod`` must not be silently ignored).
+    Errors: 400 ``{"detail", "errors"}``; 413 when the payload or the body is over its limit.
+    """
+
+    type = StrictCharField(max_length=100, help_text="A registered job type, e.g. diagnostics.sleep.")
+    payload = serializers.JSONField(help_text="The job's input: a JSON object valid for the type's input schema.")
+    idempotency_key = StrictCharField(
+        max_length=255,
+        required=False,
+        allow_null=True,
+        help_text="Same key again (same tenant, or same user without a tenant) returns the first job with 200.",
+    )
+    queue = StrictCharField(
+        max_length=100,
+        required=False,
+        allow_null=True,
+        help_text=f"Broker queue; default: the type's own. Known: {', '.join(settings.TERMINUS_QUEUES)}.",
+    )
+    countdown = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text=f"Seconds to wait before the first attempt, 0 to {settings.TERMINUS_MAX_COUNTDOWN}.",
+    )
+
+    def validate_payload(self, payload: Any) -> Any:
+        problem = storable_json_problem(payload)
+        if problem:
+            raise serializers.ValidationError(problem)
+        return payload
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            allowed = ", ".join(self.fields)
+            raise serializers.ValidationError({name: [f"unknown field; allowed: {allowed}"] for name in unknown})
+        return attrs
+
+
+class CancelSerializer(serializers.Serializer):
+    """Optional body of ``POST /api/jobs/{id}/cancel/``."""
+
+    reason = StrictCharField(
+        max_length=500,
+        required=False,
+        default="cancelled by request",
+        help_text="Stored as the job's error_message.",
+    )
+
+
+class JobAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = JobAttempt
+        fields = ("number", "worker", "started_at", "finished_at", "outcome", "error_type", "error_message")
+        read_only_fields = fields
+
+
+class JobSerializer(serializers.ModelSerializer):
+    """A job as the list shows it: everything but its attempt history.
+
+    ``attempt`` of ``max_attempts`` is "attempt k of n" (0 until the first attempt starts;
+    n = max_retries + 1). ``traceback`` is shown to staff only and is null for everyone else.
+    Empty strings in error_type, error_message, worker and progress_message mean "none".
+    """
+
+    terminal = serializers.BooleanField(read_only=True, help_text="True once succeeded, failed or cancelled.")
+    attempt = serializers.IntegerField(source="attempts", read_only=True, help_text="k in 'attempt k of n'.")
+    max_attempts = serializers.SerializerMethodField(help_text="n in 'attempt k of n': max_retries + 1.")
+    traceback = serializers.SerializerMethodField(help_text="Staff only; null for other users.")
+    retry_of = serializers.UUIDField(
+        source="retry_of_id", read_only=True, allow_null=True, help_text="The job this one runs again, if any."
+    )
+
+    class Meta:
+        model = Job
+        fields = (
+            "id",
+            "type",
+            "queue",
+            "status",
+            "terminal",
+            "attempts",
+            "max_retries",
+            "attempt",
+            "max_attempts",
+            "next_retry_at",
+            "heartbeat_at",
+            "terminal_by",
+            "progress",
+            "progress_message",
+            "result",
+            "error_type",
+            "error_message",
+            "traceback",
+            "worker",
+            "correlation_id",
+            "idempotency_key",
+            "retry_of",
+            "created_at",
+            "dispatched_at",
+            "started_at",
+            "finished_at",
+        )
+        read_only_fields = fields
+
+    def get_max_attempts(self, job: Job) -> int:
+        return job.max_retries + 1
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_traceback(self, job: Job) -> str | None:
+        request = self.context.get("request")
+        user = getattr(request, "user", None)
+        return job.traceback if user is not None and user.is_staff else None
+
+
+class JobDetailSerializer(JobSerializer):
+    """A job as ``GET /api/jobs/{id}/`` shows it: with every attempt, oldest first."""
+
+    attempt_history = JobAttemptSerializer(
+        source="attempt_set",
+        many=True,
+        read_only=True,
+        help_text="One entry per attempt (the integer 'attempts' counts them).",
+    )
+
+    class Meta(JobSerializer.Meta):
+        fields = (*JobSerializer.Meta.fields, "attempt_history")
+        read_only_fields = fields
+
+
+class CommaSeparatedStatusField(serializers.ListField):
+    """``?status=queued,running`` or ``?status=queued&status=running``; errors name the bad value."""
+
+    child = serializers.ChoiceField(choices=Status.choices)
+    default_error_messages = {"unknown_status": "unknown status {value!r}; known statuses: {known}"}
+
+    def to_internal_value(self, data: Any) -> list[str]:
+        values = [data] if isinstance(data, str) else list(data)
+        split = [part.strip() for value in values for part in str(value).split(",") if part.strip()]
+        for value in split:
+            if value not in Status.values:
+                self.fail("unknown_status", value=value, known=", ".join(Status.values))
+        return super().to_internal_value(split)
+
+
+class JobFilterSerializer(serializers.Serializer):
+    """Query parameters of ``GET /api/jobs/``; a bad value is a 400 keyed by the parameter."""
+
+    status = CommaSeparatedStatusField(
+        required=False, help_text="Only jobs in these statuses (comma-separated or repeated)."
+    )
+    type = serializers.CharField(required=False, max_length=100, help_text="Only jobs of this type.")
+    created_after = serializers.DateTimeField(required=False, help_text="Created at or after (ISO 8601).")
+    created_before = serializers.DateTimeField(required=False, help_text="Created before (ISO 8601).")
+    # The paginator's own parameters, declared because any other parameter is refused as a typo.
+    cursor = serializers.CharField(required=False, help_text="Opaque; take it from next/previous.")
+    page_size = serializers.IntegerField(
+        required=False, min_value=1, help_text="Jobs per page (default 50); above 500 counts as 500."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            allowed = ", ".join(self.fields)
+            raise serializers.ValidationError(
+                {name: [f"unknown query parameter; allowed: {allowed}"] for name in unknown}
+            )
+        after, before = attrs.get("created_after"), attrs.get("created_before")
+        if after is not None and before is not None and after >= before:
+            raise serializers.ValidationError({"created_before": ["must be later than created_after"]})
+        return attrs
+
+
+class JobTypeSerializer(serializers.Serializer):
+    """A registered job type; ``input_schema`` is the JSON Schema its payload must satisfy."""
+
+    name = serializers.CharField()
+    queue = serializers.CharField()
+    max_retries = serializers.IntegerField(source="retry.max_retries")
+    time_limit = serializers.IntegerField(help_text="Hard time limit of one attempt, seconds.")
+    soft_time_limit = serializers.IntegerField()
+    description = serializers.CharField()
+    input_schema = serializers.SerializerMethodField(help_text="JSON Schema of the payload (pydantic).")
+
+    def get_input_schema(self, job_type: Any) -> dict[str, Any]:
+        return job_type.input.model_json_schema()
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The body of every error response (see results.api.errors)."""
+
+    detail = serializers.CharField(help_text="One human-readable sentence.")
+    errors = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        help_text="Field -> messages; {} when no field is to blame.",
+    )

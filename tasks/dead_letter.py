@@ -1,0 +1,253 @@
+"""The dead-letter queue: every final failure is published to ``dead_letter`` and kept until a
+human replays or resolves it.
+
+A job's dead-letter message is built from its record (type, payload, attempts, last error), so
+the same function serves the worker child, the worker's main process (hard time limit), the
+reaper and the poison-message hooks. Publishing is separate from recording: if the broker is
+down, ``Job.dead_lettered_at`` stays empty and the reaper publishes it later.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Max, Min, Q
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from results.models import AttemptOutcome, DeadLetter, DeadLetterReason, DeadLetterStatus, Job, Status
+
+logger = logging.getLogger(__name__)
+
+#: The queue dead-letter messages travel on; a worker started with ``-Q dead_letter`` consumes it.
+DEAD_LETTER_QUEUE = "dead_letter"
+#: The task that records and alerts a dead letter (wire protocol: never rename).
+RECORD_TASK = "terminus.dead_letter.record"
+MAX_TEXT = 20_000
+
+
+def reason_for(error_type: str, *, retryable: bool) -> str:
+    """Why a job is dead: the category ops filter and alert on."""
+    if error_type in {"TimeLimitExceeded", "SoftTimeLimitExceeded"}:
+        return DeadLetterReason.TIME_LIMIT
+    if error_type == "worker_lost":
+        return DeadLetterReason.WORKER_LOST
+    if error_type == "lost":
+        return DeadLetterReason.LOST
+    if error_type == "deadline_exceeded":
+        return DeadLetterReason.DEADLINE_EXCEEDED
+    return DeadLetterReason.RETRIES_EXHAUSTED if retryable else DeadLetterReason.NON_RETRYABLE
+
+
+def message_for_job(job: Job, *, reason: str) -> dict[str, Any]:
+    """The dead-letter message of a failed job: everything needed to inspect and replay it."""
+    window = job.attempt_set.exclude(outcome=AttemptOutcome.SUCCEEDED).aggregate(
+        first=Min("finished_at"), last=Max("finished_at")
+    )
+    last_failed = window["last"] or job.finished_at or timezone.now()
+    return {
+        "message_key": str(job.pk),
+        "job_id": str(job.pk),
+        "task_name": job.type,
+        "queue": job.queue,
+        "reason": reason,
+        "error_type": job.error_type,
+        "error_message": job.error_message[:MAX_TEXT],
+        "traceback": job.traceback[-MAX_TEXT:],
+        "body": {"args": [], "kwargs": job.payload},
+        "headers": {
+            "id": str(job.pk),
+            "task": job.type,
+            "correlation_id": job.correlation_id,
+            "retries": max(0, job.attempts - 1),
+            "worker": job.worker,
+        },
+        "attempts": job.attempts,
+        "first_failed_at": (window["first"] or last_failed).isoformat(),
+        "last_failed_at": last_failed.isoformat(),
+    }
+
+
+def dead_letter_job(job_id: Any, *, reason: str | None = None) -> bool:
+    """Publish a failed job to the dead_letter queue; False leaves it for the reaper to publish."""
+    job = Job.objects.filter(pk=job_id, status=Status.FAILED).first()
+    if job is None:
+        return False
+    if reason is None:
+        reason = reason_for(job.error_type, retryable=True)
+    try:
+        record_dead_letter.apply_async(
+            kwargs=message_for_job(job, reason=reason), queue=DEAD_LETTER_QUEUE, task_id=f"dead-letter-{job.pk}"
+        )
+    except Exception:
+        logger.warning("job %s failed but its dead letter was not published", job.pk, exc_info=True)
+        return False
+    Job.objects.filter(pk=job.pk, dead_lettered_at__isnull=True).update(dead_lettered_at=Now())
+    return True
+
+
+def poison_message(
+    *, reason: str, body: Any, raw: bytes | str | None, headers: dict[str, Any] | None, queue: str, error: str
+) -> dict[str, Any]:
+    """The dead-letter message of a message that never became a job run (unknown, invalid, undecodable)."""
+    headers = {str(k): _jsonable(v) for k, v in (headers or {}).items()}
+    raw_text = ""
+    if raw is not None:
+        raw_bytes = raw.encode() if isinstance(raw, str) else raw
+        raw_text = "base64:" + base64.b64encode(raw_bytes[:MAX_TEXT]).decode()
+    key = headers.get("id") or hashlib.sha256((raw_text or json.dumps(body, default=str)).encode()).hexdigest()
+    now = timezone.now().isoformat()
+    return {
+        "message_key": f"{reason}:{key}"[:200] if not headers.get("id") else str(key)[:200],
+        "job_id": None,
+        "task_name": str(headers.get("task") or ""),
+        "queue": queue,
+        "reason": reason,
+        "error_type": reason,
+        "error_message": error[:MAX_TEXT],
+        "traceback": "",
+        "body": _jsonable(body) if raw is None else None,
+        "raw_body": raw_text,
+        "headers": headers,
+        "attempts": 0,
+        "first_failed_at": now,
+        "last_failed_at": now,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)[:MAX_TEXT]
+    return value
+
+
+def store(message: dict[str, Any]) -> tuple[DeadLetter, bool]:
+    """Persist a dead-letter message: exactly one row per message key, however often it arrives."""
+    job_id = message.get("job_id")
+    fields = {
+        "job_id": job_id if job_id and Job.objects.filter(pk=job_id).exists() else None,
+        "task_name": message.get("task_name", "")[:200],
+        "queue": message.get("queue", "")[:100],
+        "reason": message["reason"],
+        "error_type": message.get("error_type", "")[:200],
+        "error_message": message.get("error_message", ""),
+        "traceback": message.get("traceback", ""),
+        "body": message.get("body"),
+        "raw_body": message.get("raw_body", ""),
+        "headers": message.get("headers") or {},
+        "attempts": message.get("attempts", 0),
+        "first_failed_at": message.get("first_failed_at"),
+        "last_failed_at": message.get("last_failed_at"),
+    }
+    try:
+        with transaction.atomic():
+            return DeadLetter.objects.get_or_create(message_key=message["message_key"], defaults=fields)
+    except IntegrityError:  # a concurrent delivery of the same message won the insert
+        return DeadLetter.objects.get(message_key=message["message_key"]), False
+
+
+@shared_task(
+    name=RECORD_TASK,
+    bind=True,
+    queue=DEAD_LETTER_QUEUE,
+    acks_late=True,
+    autoretry_for=(Exception,),
+    retry_backoff=5,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=None,  # a dead letter must reach a human: keep trying, the record is already safe
+)
+def record_dead_letter(self: Any, **message: Any) -> dict[str, Any]:
+    """Persist first, alert second: a failing alert channel retries, the dead letter is never lost."""
+    from tasks.alerting import alert_dead_letter
+
+    dead_letter, created = store(message)
+    if not created:
+        logger.info("dead letter %s delivered again; not recorded twice", dead_letter.message_key)
+    alert_dead_letter(dead_letter)
+    return {"dead_letter": dead_letter.pk, "created": created}
+
+
+# -- replay, resolve, purge ---------------------------------------------------------------------
+class ReplayError(Exception):
+    """The dead letter cannot be replayed (no job type to run, or not open)."""
+
+
+def replay(dead_letter: DeadLetter, *, payload: dict[str, Any] | None = None, owner: Any = None) -> tuple[Job, bool]:
+    """Run a dead letter again as a new job with a fresh retry budget, linked to the original.
+
+    Returns (job, created): replaying twice returns the first replay's job instead of a second run.
+    ``payload`` (optional) replaces the original input and is validated like a new submission.
+    """
+    from tasks.registry import get_job_type
+    from tasks.submit import submit
+
+    with transaction.atomic():
+        locked = DeadLetter.objects.select_for_update().get(pk=dead_letter.pk)
+        if locked.status == DeadLetterStatus.REPLAYED and locked.replay_job is not None:
+            return locked.replay_job, False
+        if locked.status != DeadLetterStatus.OPEN:
+            raise ReplayError(f"dead letter {locked.pk} is {locked.status}; only open dead letters can be replayed")
+        original = locked.job
+        type_name = original.type if original else locked.task_name
+        if get_job_type(type_name) is None:
+            raise ReplayError(f"dead letter {locked.pk} names no known job type ({type_name or 'none'}); resolve it")
+        if payload is None:
+            payload = original.payload if original else ((locked.body or {}).get("kwargs") or {})
+        job = submit(
+            type_name,
+            payload,
+            owner=owner if owner is not None else (original.owner if original else None),
+            tenant=original.tenant if original else None,
+            queue=original.queue if original else None,
+            correlation_id=original.correlation_id if original else None,
+            retry_of=original,
+        )
+        locked.mark_replayed(job)
+    return job, True
+
+
+def resolve(dead_letter: DeadLetter, *, by: str = "") -> bool:
+    return dead_letter.mark_resolved(by=by)
+
+
+def queue_stats() -> dict[str, Any]:
+    """DLQ monitoring: open dead letters and the age of the oldest (seconds)."""
+    open_letters = DeadLetter.objects.filter(status=DeadLetterStatus.OPEN)
+    oldest = open_letters.aggregate(oldest=Min("created_at"))["oldest"]
+    return {
+        "open": open_letters.count(),
+        "oldest_age_seconds": (timezone.now() - oldest).total_seconds() if oldest else 0.0,
+        "total": DeadLetter.objects.count(),
+    }
+
+
+def enforce_caps(*, batch: int = 1000) -> int:
+    """Keep the store bounded: drop closed dead letters past their age, then the oldest past the row cap.
+
+    Open dead letters are only dropped by the row cap (oldest first, logged), as Sidekiq's dead set
+    does: an unbounded store would take the database down with it.
+    """
+    deleted = 0
+    cutoff = timezone.now() - timedelta(days=settings.TERMINUS_DEAD_LETTER_MAX_AGE_DAYS)
+    closed = Q(status__in=[DeadLetterStatus.REPLAYED, DeadLetterStatus.RESOLVED])
+    while ids := list(DeadLetter.objects.filter(closed, created_at__lt=cutoff).values_list("pk", flat=True)[:batch]):
+        deleted += DeadLetter.objects.filter(pk__in=ids).delete()[0]
+    excess = DeadLetter.objects.count() - settings.TERMINUS_DEAD_LETTER_MAX_ROWS
+    while excess > 0:
+        ids = list(DeadLetter.objects.order_by("created_at").values_list("pk", flat=True)[: min(batch, excess)])
+        removed = DeadLetter.objects.filter(pk__in=ids).delete()[0]
+        logger.warning("dead-letter store over its cap: dropped the %s oldest", removed)
+        deleted += removed
+        excess -= len(ids)
+    return deleted

@@ -1,0 +1,51 @@
+"""RabbitMQ's dead-letter exchange, drained into dead-letter records.
+
+Imported by the Celery app before Django is set up, so everything Django is imported lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import bootsteps
+from kombu import Consumer as KombuConsumer
+from kombu import Queue
+
+DEAD_LETTER_QUEUE = "dead_letter"
+RAW_QUEUE = "dead_letter.raw"
+
+
+class DeadLetterExchangeDrain(bootsteps.ConsumerStep):
+    """RabbitMQ only, on workers that consume ``dead_letter``: records what the DLX collected."""
+
+    def get_consumers(self, channel: Any) -> list[KombuConsumer]:
+        app = self.app if hasattr(self, "app") else None
+        consume_from = getattr(getattr(getattr(app, "amqp", None), "queues", None), "consume_from", {}) or {}
+        if DEAD_LETTER_QUEUE not in consume_from:
+            return []
+        queue = app.amqp.queues[RAW_QUEUE] if RAW_QUEUE in app.amqp.queues else Queue(RAW_QUEUE)
+        return [KombuConsumer(channel, queues=[queue], on_message=self.on_message, accept=[])]
+
+    def start(self, c: Any) -> None:
+        self.app = c.app
+        super().start(c)
+
+    def on_message(self, message: Any) -> None:
+        """Record the raw message (never deserialized: it may be pickle), then ack it."""
+        from results.models import DeadLetterReason
+        from tasks.dead_letter import poison_message, store
+
+        headers = dict(message.headers or {})
+        death = (headers.get("x-death") or [{}])[0]
+        record = poison_message(
+            reason=DeadLetterReason.REJECTED,
+            body=None,
+            raw=message.body,
+            headers=headers,
+            queue=str(death.get("queue", "")),
+            error=f"rejected by the broker ({death.get('reason', 'rejected')}) from queue {death.get('queue', '?')}",
+        )
+        if headers.get("id"):
+            record["message_key"] = str(headers["id"])  # same row as the job's own dead letter
+        store(record)
+        message.ack()

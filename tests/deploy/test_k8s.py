@@ -1,0 +1,230 @@
+"""deploy/k8s/: every manifest validates against Kubernetes' OpenAPI schemas (offline), and invariants.
+
+kubernetes-validate ships the JSON schemas of each Kubernetes release; ``--strict`` uses the
+variants that reject unknown fields, so a misspelt key fails instead of being dropped by the API
+server. We validate against the oldest release we support and the newest the package ships.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.helpers import (
+    DEPLOY,
+    DOCKERFILE,
+    IMAGE_DEPLOY,
+    K8S,
+    ROOT,
+    default_queues,
+    k8s_configmap,
+    k8s_documents,
+    max_time_limit,
+    run,
+    tool,
+    unknown_env_names,
+)
+
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
+KUSTOMIZATION = K8S / "kustomization.yaml"
+
+
+def validate(*paths: Path) -> tuple[int, str]:
+    versions = [arg for version in KUBERNETES_VERSIONS for arg in ("-k", version)]
+    result = run(tool("kubernetes-validate"), *versions, "--strict", *map(str, paths))
+    return result.returncode, result.stdout + result.stderr
+
+
+def manifests() -> list[Path]:
+    return sorted(path for path in K8S.glob("*.yaml") if path != KUSTOMIZATION)
+
+
+def objects(kind: str, component: str | None = None) -> list[dict[str, Any]]:
+    return [
+        doc
+        for path, doc in k8s_documents()
+        if path != KUSTOMIZATION
+        and doc["kind"] == kind
+        and (component is None or doc["metadata"]["labels"].get("app.kubernetes.io/component") == component)
+    ]
+
+
+def pod_specs() -> list[tuple[str, dict[str, Any]]]:
+    return [(f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]) for d in workloads()]
+
+
+def workloads() -> list[dict[str, Any]]:
+    return objects("Deployment") + objects("Job")
+
+
+def containers() -> list[tuple[str, dict[str, Any]]]:
+    return [(f"{name}/{c['name']}", c) for name, spec in pod_specs() for c in spec["containers"]]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container.get("env", [])}
+
+
+def test_every_manifest_validates_strictly() -> None:
+    returncode, output = validate(*manifests())
+    assert returncode == 0, output
+    # kubernetes-validate only warns (exit 0) about a kind it has no schema for: refuse that too.
+    assert not re.search(r"^(WARN|ERROR|FATAL)", output, re.MULTILINE), output
+    passed = len(re.findall(r"^INFO .* passed for resource", output, re.MULTILINE))
+    assert passed == len(KUBERNETES_VERSIONS) * len([d for p, d in k8s_documents() if p != KUSTOMIZATION])
+
+
+@pytest.mark.parametrize(
+    ("breakage", "expected"),
+    [
+        pytest.param(
+            lambda d: d["spec"]["template"]["spec"]["containers"][0].update(livenesProbe={}),
+            "livenesProbe",
+            id="misspelt-field",
+        ),
+        pytest.param(lambda d: d["spec"].update(replicas="two"), "replicas", id="replicas-not-int"),
+        pytest.param(
+            lambda d: d["spec"]["template"]["spec"].update(terminationGracePeriodSeconds="1h"),
+            "terminationGracePeriodSeconds",
+            id="grace-not-int",
+        ),
+    ],
+)
+def test_a_broken_manifest_fails_validation(tmp_path: Path, breakage: Any, expected: str) -> None:
+    """The validator is live: web.yaml with one mistake is rejected, naming the mistake."""
+    docs = list(yaml.safe_load_all((K8S / "web.yaml").read_text()))
+    breakage(docs[0])
+    path = tmp_path / "web.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    returncode, output = validate(path)
+    assert returncode != 0, output
+    assert expected in output, output
+
+
+def test_the_kustomization_lists_every_manifest_and_sets_the_image() -> None:
+    kustomization = yaml.safe_load(KUSTOMIZATION.read_text())
+    assert sorted(kustomization["resources"]) == [path.name for path in manifests()]
+    images = {image["name"] for image in kustomization["images"]}
+    assert {container["image"] for _, container in containers()} == images == {"terminus"}
+
+
+def test_beat_is_a_single_replica_that_is_recreated() -> None:
+    (beat,) = objects("Deployment", "beat")
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"] == {"type": "Recreate"}, "a rolling update would run two beats"
+    (container,) = beat["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == [f"{IMAGE_DEPLOY}start-beat.sh"]
+    targets = {hpa["spec"]["scaleTargetRef"]["name"] for hpa in objects("HorizontalPodAutoscaler")}
+    assert beat["metadata"]["name"] not in targets, "never autoscale beat"
+    beats = [name for name, c in containers() if c.get("args") == [f"{IMAGE_DEPLOY}start-beat.sh"]]
+    assert len(beats) == 1
+
+
+def test_workers_outlive_the_longest_job() -> None:
+    """SIGTERM starts a warm shutdown; the kubelet SIGKILLs after terminationGracePeriodSeconds."""
+    workers = objects("Deployment", "worker")
+    assert workers
+    for worker in workers:
+        grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace > max_time_limit(), f"{worker['metadata']['name']}: {grace} <= {max_time_limit()}"
+
+
+def test_one_worker_deployment_per_queue_each_with_an_autoscaler() -> None:
+    workers = objects("Deployment", "worker")
+    queues = {}
+    for worker in workers:
+        (container,) = worker["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == [f"{IMAGE_DEPLOY}start-worker.sh"]
+        queues[worker["metadata"]["name"]] = env_of(container)["WORKER_QUEUES"]
+        assert "replicas" not in worker["spec"], "the HPA owns the replica count"
+    configured = k8s_configmap().get("TERMINUS_QUEUES", ",".join(default_queues())).split(",")
+    assert sorted(queues.values()) == sorted(configured) == sorted(default_queues())
+
+    hpas = objects("HorizontalPodAutoscaler")
+    assert {hpa["spec"]["scaleTargetRef"]["name"] for hpa in hpas} == set(queues)
+    for hpa in hpas:
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+        assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    assert not [d for _, d in k8s_documents() if "keda.sh" in d.get("apiVersion", "")], "KEDA comes later"
+
+
+def test_web_probes_hit_routed_health_endpoints_with_an_allowed_host() -> None:
+    (web,) = objects("Deployment", "web")
+    (container,) = web["spec"]["template"]["spec"]["containers"]
+    routes = set(re.findall(r"""path\(\s*["']([^"']*)["']""", (ROOT / "project" / "urls.py").read_text()))
+    allowed_hosts = k8s_configmap()["ALLOWED_HOSTS"].split(",")
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        http = container[probe]["httpGet"]
+        assert http["path"].lstrip("/") in routes, f"{probe}: {http['path']} is not routed in project/urls.py"
+        assert http["port"] == "http"
+        hosts = [h["value"] for h in http.get("httpHeaders", []) if h["name"].lower() == "host"]
+        assert hosts and hosts[0] in allowed_hosts, f"{probe}: Django answers 400 unless Host is allowed"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # Readiness moves to /readyz as soon as project/urls.py routes it.
+    expected = "/readyz" if "readyz" in routes else "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == expected
+    (service,) = objects("Service")
+    assert service["spec"]["selector"] == web["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert {"name": "http", "containerPort": 8000} in container["ports"]
+
+
+def test_pods_run_as_the_images_non_root_user() -> None:
+    uid = int(re.search(r"^ARG APP_UID=(\d+)$", DOCKERFILE.read_text(), re.MULTILINE).group(1))
+    assert uid != 0
+    for name, spec in pod_specs():
+        security = spec["securityContext"]
+        assert security["runAsNonRoot"] is True, name
+        assert security["runAsUser"] == uid, name
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}, name
+    for name, container in containers():
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False, name
+        assert security["capabilities"] == {"drop": ["ALL"]}, name
+        assert security.get("runAsUser", uid) != 0, name
+
+
+def test_every_container_has_requests_and_limits() -> None:
+    for name, container in containers():
+        resources = container["resources"]
+        assert {"cpu", "memory"} <= set(resources["requests"]), name
+        assert "memory" in resources["limits"], name
+
+
+def test_only_the_migration_job_migrates() -> None:
+    assert k8s_configmap()["RUN_MIGRATIONS"] == "0"
+    migrating = [name for name, c in containers() if env_of(c).get("RUN_MIGRATIONS") == "1"]
+    (job,) = objects("Job")
+    assert migrating == [f"Job/{job['metadata']['name']}/migrate"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert job["spec"].get("parallelism", 1) == 1
+
+
+def test_commands_are_deploy_scripts_or_manage_py() -> None:
+    for name, container in containers():
+        args = container["args"]
+        if args[0].startswith(IMAGE_DEPLOY):
+            assert (DEPLOY / args[0].removeprefix(IMAGE_DEPLOY)).is_file(), name
+        else:
+            assert args[:2] == ["python", "/app/manage.py"], name
+        assert "command" not in container, f"{name}: keep the image's entrypoint (waits for the database)"
+
+
+def test_config_and_secret_keys_are_read_by_settings_or_a_deploy_script() -> None:
+    (secret,) = objects("Secret")
+    keys = list(k8s_configmap()) + list(secret["stringData"])
+    keys += [item["name"] for _, container in containers() for item in container.get("env", [])]
+    assert not unknown_env_names(keys), unknown_env_names(keys)
+    assert k8s_configmap()["TERMINUS_ENV"] == "production"
+    assert {"SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL"} <= set(secret["stringData"])
+    for key, value in secret["stringData"].items():
+        assert value == "" or "CHANGE-ME" in value, f"{key}: the Secret holds placeholders only"
+    for _, container in containers():
+        refs = [next(iter(ref.values()))["name"] for ref in container["envFrom"]]
+        assert refs == ["terminus-config", secret["metadata"]["name"]]
