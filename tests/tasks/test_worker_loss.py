@@ -70,6 +70,7 @@ def test_a_message_that_keeps_killing_its_worker_fails_after_bounded_deliveries(
     task = get_job_type("diagnostics.fail").task
     monkeypatch.setattr(task, "time_limit", 40)
     monkeypatch.setattr(task, "soft_time_limit", 39)
+    monkeypatch.setattr(task, "_exec_options", None)  # Celery caches publish options per task
     start_worker(drill_queue)
     job = submit("diagnostics.fail", {"mode": "crash", "seconds": 0.5}, queue=drill_queue)
     # Then it is not redelivered forever: after MAX_LOST_DELIVERIES it fails as worker_lost
