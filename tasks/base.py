@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.contrib.django.task import DjangoTask
-from celery.exceptions import Ignore, Retry
-from celery.signals import task_revoked
+from celery.exceptions import Ignore, Reject, Retry
+from celery.signals import task_failure, task_revoked
 from django.conf import settings
 from django.utils import timezone
 
@@ -150,3 +150,12 @@ def _record_revoked(
     else:
         reason = "revoked by an operator"
     Job(pk=request.id).mark_cancelled(reason=reason)
+
+
+@task_failure.connect
+def _record_rejected(sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any) -> None:
+    """A job that rejects its own message (Reject(requeue=False)) fails for good and is dead-lettered."""
+    if not isinstance(sender, TrackedTask) or not isinstance(exception, Reject) or exception.requeue:
+        return
+    if Job(pk=task_id).mark_failed(error_type="Rejected", error_message=str(exception.reason or "rejected")):
+        dead_letter_job(task_id, reason=DeadLetterReason.REJECTED)

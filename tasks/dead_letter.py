@@ -95,18 +95,32 @@ def dead_letter_job(job_id: Any, *, reason: str | None = None) -> bool:
 
 
 def poison_message(
-    *, reason: str, body: Any, raw: bytes | str | None, headers: dict[str, Any] | None, queue: str, error: str
+    *,
+    reason: str,
+    body: Any,
+    raw: bytes | str | None,
+    headers: dict[str, Any] | None,
+    queue: str,
+    error: str,
+    wire_body: bytes | str | None = None,
 ) -> dict[str, Any]:
-    """The dead-letter message of a message that never became a job run (unknown, invalid, undecodable)."""
+    """The dead-letter message of a message that never became a job run (unknown, invalid, undecodable).
+
+    Its key is the message id, or a hash of the bytes on the wire, so the worker's hook and
+    RabbitMQ's dead-letter copy of the same message land in the same row.
+    """
     headers = {str(k): _jsonable(v) for k, v in (headers or {}).items()}
     raw_text = ""
     if raw is not None:
         raw_bytes = raw.encode() if isinstance(raw, str) else raw
         raw_text = "base64:" + base64.b64encode(raw_bytes[:MAX_TEXT]).decode()
-    key = headers.get("id") or hashlib.sha256((raw_text or json.dumps(body, default=str)).encode()).hexdigest()
+    wire = wire_body if wire_body is not None else raw
+    if isinstance(wire, str):
+        wire = wire.encode()
+    key = headers.get("id") or "sha256:" + hashlib.sha256(wire or json.dumps(body, default=str).encode()).hexdigest()
     now = timezone.now().isoformat()
     return {
-        "message_key": f"{reason}:{key}"[:200] if not headers.get("id") else str(key)[:200],
+        "message_key": str(key)[:200],
         "job_id": None,
         "task_name": str(headers.get("task") or ""),
         "queue": queue,
@@ -151,9 +165,16 @@ def store(message: dict[str, Any]) -> tuple[DeadLetter, bool]:
     }
     try:
         with transaction.atomic():
-            return DeadLetter.objects.get_or_create(message_key=message["message_key"], defaults=fields)
+            letter, created = DeadLetter.objects.get_or_create(message_key=message["message_key"], defaults=fields)
     except IntegrityError:  # a concurrent delivery of the same message won the insert
-        return DeadLetter.objects.get(message_key=message["message_key"]), False
+        letter, created = DeadLetter.objects.get(message_key=message["message_key"]), False
+    bare_copy = letter.reason == DeadLetterReason.REJECTED and not letter.job_id
+    if not created and bare_copy and (fields["job_id"] or fields["reason"] != DeadLetterReason.REJECTED):
+        # RabbitMQ's DLX copy arrived first; the worker's own account says which job and why.
+        upgrade = {k: v for k, v in fields.items() if v not in (None, "", {})}
+        DeadLetter.objects.filter(pk=letter.pk, job__isnull=True).update(**upgrade)
+        letter.refresh_from_db()
+    return letter, created
 
 
 @shared_task(

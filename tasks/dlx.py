@@ -45,7 +45,5 @@ class DeadLetterExchangeDrain(bootsteps.ConsumerStep):
             queue=str(death.get("queue", "")),
             error=f"rejected by the broker ({death.get('reason', 'rejected')}) from queue {death.get('queue', '?')}",
         )
-        if headers.get("id"):
-            record["message_key"] = str(headers["id"])  # same row as the job's own dead letter
         store(record)
         message.ack()

@@ -45,6 +45,7 @@ def dead_letter_poison(message: Any, *, reason: str, body: Any, error: str, raw:
         headers=dict(getattr(message, "headers", None) or {}),
         queue=str(delivery.get("routing_key") or delivery.get("exchange") or ""),
         error=error,
+        wire_body=message.body,
     )
     try:
         record_dead_letter.apply_async(kwargs=record, queue=DEAD_LETTER_QUEUE)

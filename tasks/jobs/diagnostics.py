@@ -8,6 +8,7 @@ import time
 from typing import Literal
 
 from billiard.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject
 from django.conf import settings
 from pydantic import BaseModel, Field
 
@@ -40,12 +41,13 @@ def sleep(task: TrackedTask, data: SleepInput) -> dict[str, float]:
 
 
 class FailInput(BaseModel):
-    mode: Literal["always", "times", "permanent", "sleep", "crash"] = Field(
+    mode: Literal["always", "times", "permanent", "sleep", "crash", "reject"] = Field(
         "always",
         description=(
             "always: raise a transient error every attempt; times: fail the first `times` attempts "
             "then succeed; permanent: a non-retryable error; sleep: run `seconds` (to hit a time limit); "
-            "crash: SIGKILL the process running it after `seconds`, like an OOM kill (a poison message)."
+            "crash: SIGKILL the process running it after `seconds`, like an OOM kill (a poison message); "
+            "reject: reject its own message (Reject(requeue=False))."
         ),
     )
     times: int = Field(1, ge=0, le=100)
@@ -68,6 +70,8 @@ def fail(task: TrackedTask, data: FailInput) -> dict[str, int]:
     if data.mode == "crash":
         time.sleep(data.seconds)  # die mid-job, as an OOM kill does
         os.kill(os.getpid(), signal.SIGKILL)
+    if data.mode == "reject":
+        raise Reject(data.message, requeue=False)
     if data.mode == "permanent":
         raise PermanentError(data.message)
     if data.mode == "always" or (data.mode == "times" and attempt <= data.times):

@@ -15,7 +15,7 @@ from tasks.alerting import flush_alerts
 from tasks.dead_letter import DEAD_LETTER_QUEUE, message_for_job, queue_stats, record_dead_letter, replay
 from tests.conftest import wait_for, wait_terminal
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 
 
 def dead_letter_of(job_id, timeout: float = 30) -> DeadLetter:

@@ -8,7 +8,7 @@ from results.models import AttemptOutcome, Job, Status
 from tasks.submit import submit
 from tests.conftest import wait_terminal
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 
 
 def outcomes(job: Job) -> list[str]:
