@@ -14,11 +14,12 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from . import fastpath
 from .querysets import JobQuerySet
 
 
@@ -218,6 +219,9 @@ class Job(models.Model):
         A claim from RUNNING is a redelivery whose previous worker died: it counts as a lost
         delivery and the attempt it interrupted is closed as ``lost``.
         """
+        if connection.vendor == "postgresql":
+            row = fastpath.claim(self.pk, worker)
+            return Claim(attempt=row[0], lost_deliveries=row[1], max_retries=row[2]) if row else None
         with transaction.atomic():
             won = self._transition(
                 Status.RUNNING,
@@ -271,6 +275,8 @@ class Job(models.Model):
         return won
 
     def mark_succeeded(self, *, attempt: int, result: Any) -> bool:
+        if connection.vendor == "postgresql":
+            return fastpath.succeed(self.pk, attempt, result)
         with transaction.atomic():
             won = self._transition(
                 Status.SUCCEEDED,

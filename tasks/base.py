@@ -16,12 +16,14 @@ from celery.contrib.django.task import DjangoTask
 from celery.exceptions import Ignore, Reject, Retry
 from celery.signals import task_failure, task_revoked
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from project.sentry import TRACKED_TAG
 from results.models import DeadLetterReason, Job
 
 from .dead_letter import dead_letter_job, reason_for
+from .durable import durable
 from .errors import JobCancelled
 
 if TYPE_CHECKING:
@@ -63,14 +65,20 @@ class TrackedTask(DjangoTask):
 
     def heartbeat(self, progress: float | None = None, message: str | None = None) -> None:
         """Prove this attempt is alive (and report progress); stops the job if it was cancelled."""
-        if not Job(pk=self.request.id).heartbeat(progress=progress, message=message):
+        try:
+            alive = Job(pk=self.request.id).heartbeat(progress=progress, message=message)
+        except (OperationalError, InterfaceError):
+            logger.warning("heartbeat of job %s not recorded (database unavailable)", self.request.id)
+            connection.close()
+            return
+        if not alive:
             raise JobCancelled(f"job {self.request.id} is no longer running")
 
     # -- Celery hooks --------------------------------------------------------------------------
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
         """Claim the record; a terminal or cancelled job (e.g. a redelivered message) does not run."""
         job = Job(pk=task_id)
-        claim = job.mark_started(worker=self.request.hostname or "")
+        claim = durable(lambda: job.mark_started(worker=self.request.hostname or ""), what=f"the start of {task_id}")
         if claim is None:
             logger.warning("job %s not run: it is terminal, cancelled or unknown", task_id)
             raise Ignore()
@@ -107,24 +115,31 @@ class TrackedTask(DjangoTask):
         else:
             next_retry_at = when or timezone.now()
         error_type, error_message = describe_error(exc)
-        Job(pk=task_id).mark_retrying(
-            attempt=self.attempt, error_type=error_type, error_message=error_message, next_retry_at=next_retry_at
+        durable(
+            lambda: Job(pk=task_id).mark_retrying(
+                attempt=self.attempt, error_type=error_type, error_message=error_message, next_retry_at=next_retry_at
+            ),
+            what=f"the retry of {task_id}",
         )
 
     def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
         """Record the result; a job cancelled meanwhile keeps its cancelled state."""
-        if not Job(pk=task_id).mark_succeeded(attempt=self.attempt, result=retval):
+        won = durable(
+            lambda: Job(pk=task_id).mark_succeeded(attempt=self.attempt, result=retval), what=f"the result of {task_id}"
+        )
+        if not won:
             logger.warning("job %s finished but was no longer running; result discarded", task_id)
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: ExceptionInfo) -> None:
         """Fail the record for good: retries exhausted, non-retryable error or a time limit."""
         error_type, error_message = describe_error(exc)
         attempt = getattr(self.request, "terminus_attempt", None) if self.request.id == task_id else None
-        won = Job(pk=task_id).mark_failed(
-            attempt=attempt,
-            error_type=error_type,
-            error_message=error_message,
-            traceback=str(einfo.traceback) if einfo is not None else "",
+        traceback = str(einfo.traceback) if einfo is not None else ""
+        won = durable(
+            lambda: Job(pk=task_id).mark_failed(
+                attempt=attempt, error_type=error_type, error_message=error_message, traceback=traceback
+            ),
+            what=f"the failure of {task_id}",
         )
         if won:
             dead_letter_job(task_id, reason=reason_for(error_type, retryable=self._retryable(exc)))

@@ -6,6 +6,7 @@ The name is wire protocol (messages, the API, the DLQ and ops scripts use it): n
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +73,12 @@ def job(
         def run(self: TrackedTask, **payload: Any) -> Any:
             data = input.model_validate(payload)
             result = fn(self, data)
-            return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+            result = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+            try:  # a result that cannot be stored fails the job now, not its record write later
+                json.dumps(result)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"{name} returned a value that is not JSON: {exc}") from None
+            return result
 
         run.__name__ = fn.__name__
         run.__doc__ = fn.__doc__

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.db.models.functions import Now
 from django.utils import timezone
 from pydantic import ValidationError
 
@@ -137,36 +139,17 @@ def submit_or_get(
     retry_of: Job | None = None,
 ) -> tuple[Job, bool]:
     """Like submit(); also says whether the job is new (False: the idempotency key matched)."""
-    clean = validate_payload(type_name, payload)
-    job_type = get_job_type(type_name)
-    assert job_type is not None  # validate_payload checked it
-    errors: dict[str, list[str]] = {}
-    queue = queue or job_type.queue
-    if queue not in settings.TERMINUS_QUEUES:
-        errors["queue"] = [f"unknown queue {queue!r}; known queues: {', '.join(settings.TERMINUS_QUEUES)}"]
-    if countdown is not None and not 0 <= countdown <= settings.TERMINUS_MAX_COUNTDOWN:
-        errors["countdown"] = [f"must be between 0 and {settings.TERMINUS_MAX_COUNTDOWN} seconds"]
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-        errors["idempotency_key"] = ["must be 1 to 255 characters"]
-    if errors:
-        raise SubmissionError(errors)
-
-    now = timezone.now()
-    job = Job(
-        id=uuid.uuid4(),
-        type=type_name,
-        queue=queue,
-        payload=clean,
-        max_retries=job_type.retry.max_retries,
-        time_limit=job_type.time_limit,
-        owner=owner if owner is not None and owner.is_authenticated else None,
+    job = _new_job(
+        type_name,
+        payload,
+        owner=owner,
         tenant=tenant,
+        queue=queue,
+        countdown=countdown,
+        correlation_id=correlation_id,
+        now=timezone.now(),
         idempotency_key=idempotency_key,
-        correlation_id=correlation_id or uuid.uuid4().hex,
         retry_of=retry_of,
-        created_at=now,
-        updated_at=now,
-        terminal_by=now + timedelta(seconds=job_type.deadline_budget(countdown or 0)),
     )
     with transaction.atomic():
         if idempotency_key is not None:
@@ -182,6 +165,148 @@ def submit_or_get(
             job.save(force_insert=True)
         transaction.on_commit(lambda: dispatch(job, countdown=countdown))
     return job, True
+
+
+def submit_many(
+    items: list[dict[str, Any]],
+    *,
+    owner: AbstractBaseUser | None = None,
+    tenant: Tenant | None = None,
+    correlation_id: str | None = None,
+) -> list[Job]:
+    """Record many jobs in one transaction and publish them on commit over one connection.
+
+    All or nothing: every item is validated first, and one bad item refuses the batch with its
+    index in the error keys (``jobs.3.payload.seconds``). Items take the keys of a single
+    submission except ``idempotency_key`` (a batch is retried as a whole by its caller).
+    """
+    if not isinstance(items, list) or not items:
+        raise SubmissionError({"jobs": ["must be a non-empty list of jobs"]})
+    if len(items) > settings.TERMINUS_MAX_BULK:
+        raise SubmissionError({"jobs": [f"at most {settings.TERMINUS_MAX_BULK} jobs per request; got {len(items)}"]})
+    errors: dict[str, list[str]] = {}
+    jobs: list[Job] = []
+    countdowns: dict[Any, int | None] = {}
+    now = timezone.now()
+    for index, item in enumerate(items):
+        try:
+            _check_bulk_item(item)
+            job = _new_job(
+                item.get("type"),
+                item.get("payload"),
+                owner=owner,
+                tenant=tenant,
+                queue=item.get("queue"),
+                countdown=item.get("countdown"),
+                correlation_id=correlation_id,
+                now=now,
+            )
+        except SubmissionError as exc:
+            for field, messages in exc.errors.items():
+                errors[f"jobs.{index}" + (f".{field}" if field else "")] = list(messages)
+            continue
+        jobs.append(job)
+        countdowns[job.pk] = item.get("countdown")
+    if errors:
+        raise SubmissionError(errors)
+    with transaction.atomic():
+        Job.objects.bulk_create(jobs, batch_size=500)
+        transaction.on_commit(lambda: dispatch_many(jobs, countdowns=countdowns))
+    return jobs
+
+
+def _check_bulk_item(item: Any) -> None:
+    if not isinstance(item, dict):
+        raise SubmissionError({"": ["must be an object with type and payload"]})
+    unknown = sorted(set(item) - {"type", "payload", "queue", "countdown"})
+    if unknown:
+        raise SubmissionError({name: ["unknown field; allowed: type, payload, queue, countdown"] for name in unknown})
+
+
+def _new_job(
+    type_name: Any,
+    payload: Any,
+    *,
+    owner: Any,
+    tenant: Tenant | None,
+    queue: Any,
+    countdown: Any,
+    correlation_id: str | None,
+    now: Any,
+    idempotency_key: str | None = None,
+    retry_of: Job | None = None,
+) -> Job:
+    """A validated, unsaved Job: the one place a submission becomes a record."""
+    if not isinstance(type_name, str):
+        raise SubmissionError({"type": ["must be a string naming a job type"]})
+    clean = validate_payload(type_name, payload)
+    job_type = get_job_type(type_name)
+    assert job_type is not None  # validate_payload checked it
+    errors: dict[str, list[str]] = {}
+    queue = queue or job_type.queue
+    if not isinstance(queue, str) or queue not in settings.TERMINUS_QUEUES:
+        errors["queue"] = [f"unknown queue {queue!r}; known queues: {', '.join(settings.TERMINUS_QUEUES)}"]
+    if countdown is not None and (
+        not isinstance(countdown, int)
+        or isinstance(countdown, bool)
+        or not 0 <= countdown <= settings.TERMINUS_MAX_COUNTDOWN
+    ):
+        errors["countdown"] = [f"must be a whole number of seconds between 0 and {settings.TERMINUS_MAX_COUNTDOWN}"]
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        errors["idempotency_key"] = ["must be 1 to 255 characters"]
+    if errors:
+        raise SubmissionError(errors)
+    return Job(
+        id=uuid.uuid4(),
+        type=type_name,
+        queue=queue,
+        payload=clean,
+        max_retries=job_type.retry.max_retries,
+        time_limit=job_type.time_limit,
+        owner=owner if owner is not None and owner.is_authenticated else None,
+        tenant=tenant,
+        idempotency_key=idempotency_key,
+        correlation_id=correlation_id or uuid.uuid4().hex,
+        retry_of=retry_of,
+        created_at=now,
+        updated_at=now,
+        terminal_by=now + timedelta(seconds=job_type.deadline_budget(countdown or 0)),
+    )
+
+
+def dispatch_many(jobs: list[Job], *, countdowns: dict[Any, int | None] | None = None) -> int:
+    """Publish many jobs over one producer connection; one UPDATE marks the published ones."""
+    countdowns = countdowns or {}
+    published: list[Any] = []
+    if not jobs:
+        return 0
+    app = get_job_type(jobs[0].type).task.app  # type: ignore[union-attr]
+    try:
+        with app.producer_or_acquire() as producer:
+            for job in jobs:
+                job_type = get_job_type(job.type)
+                assert job_type is not None  # validated at submit
+                job_type.task.apply_async(
+                    kwargs=job.payload,
+                    task_id=str(job.pk),
+                    queue=job.queue,
+                    countdown=countdowns.get(job.pk),
+                    headers={"correlation_id": job.correlation_id},
+                    producer=producer,
+                )
+                published.append(job.pk)
+    except Exception:
+        logger.warning(
+            "%s of %s jobs recorded but not published (broker unavailable)",
+            len(jobs) - len(published),
+            len(jobs),
+            exc_info=True,
+        )
+    for start in range(0, len(published), 1000):
+        Job.objects.filter(
+            pk__in=published[start : start + 1000], dispatched_at__isnull=True, status=Status.QUEUED
+        ).update(dispatched_at=Now(), version=F("version") + 1, updated_at=Now())
+    return len(published)
 
 
 def _find_by_idempotency_key(key: str, *, owner: Any, tenant: Tenant | None) -> Job | None:

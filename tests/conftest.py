@@ -222,10 +222,27 @@ def session_worker(
 
 
 @pytest.fixture
-def worker(session_worker: WorkerProcess, transactional_db: None) -> WorkerProcess:
+def worker(session_worker: WorkerProcess, transactional_db: None) -> Iterator[WorkerProcess]:
     """The shared worker; tests using it see committed rows (transactional_db)."""
     assert session_worker.alive(), f"the shared worker died:\n{session_worker.log()[-5000:]}"
-    return session_worker
+    yield session_worker
+    _quiesce()
+
+
+def _quiesce(timeout: float = 15) -> None:
+    """Let the shared worker finish this test's jobs and dead letters before the tables are flushed
+    (a flush racing a worker's write fails the next test's setup)."""
+    from results.models import DeadLetter
+
+    def idle() -> bool:
+        if Job.objects.open().exists():
+            return False
+        pending = Job.objects.filter(dead_lettered_at__isnull=False).exclude(dead_letter__alerted_at__isnull=False)
+        return not pending.exists() and not DeadLetter.objects.filter(alerted_at__isnull=True).exists()
+
+    deadline = time.monotonic() + timeout
+    while not idle() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 @pytest.fixture

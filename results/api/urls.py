@@ -2,12 +2,14 @@
 
 from django.urls import path, re_path
 
+from .bulk import BulkSubmitView
 from .views import JobTypeListView, JobViewSet, NotFoundView
 
 # Ids are matched as any segment and checked in the view, so a malformed id is the API's own
 # JSON 404 rather than Django's HTML one.
 urlpatterns = [
     path("jobs/", JobViewSet.as_view({"get": "list", "post": "create"}), name="api-job-list"),
+    path("jobs/bulk/", BulkSubmitView.as_view(), name="api-job-bulk"),
     path("jobs/<str:pk>/", JobViewSet.as_view({"get": "retrieve"}), name="api-job-detail"),
     path("jobs/<str:pk>/cancel/", JobViewSet.as_view({"post": "cancel"}), name="api-job-cancel"),
     path("jobs/<str:pk>/retry/", JobViewSet.as_view({"post": "retry"}), name="api-job-retry"),

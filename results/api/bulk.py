@@ -1,0 +1,90 @@
+"""``POST /api/jobs/bulk/``: many jobs in one request, for producers that submit in batches.
+
+All or nothing: one bad item refuses the whole batch with 400, its errors keyed by index
+(``jobs.3.payload.seconds``). The jobs are recorded in one transaction and published on commit
+over one broker connection; each is then polled at ``/api/jobs/{id}/`` like any other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from tasks.submit import submit_many
+
+from .parsers import LimitedJSONParser
+from .throttling import SubmitRateThrottle
+from .views import body_object, correlation_id_from, error_responses, tenant_of
+
+
+class BulkItemSerializer(serializers.Serializer):
+    type = serializers.CharField(help_text="A registered job type.")
+    payload = serializers.JSONField(help_text="The job's input object.")
+    queue = serializers.CharField(required=False, allow_null=True)
+    countdown = serializers.IntegerField(required=False, allow_null=True)
+
+
+class BulkSubmitSerializer(serializers.Serializer):
+    jobs = BulkItemSerializer(many=True, help_text=f"1 to {settings.TERMINUS_MAX_BULK} jobs.")
+
+
+class BulkJobSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    type = serializers.CharField()
+    status = serializers.CharField()
+    url = serializers.CharField()
+
+
+class BulkResultSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    correlation_id = serializers.CharField()
+    jobs = BulkJobSerializer(many=True)
+
+
+class BulkSubmitView(APIView):
+    parser_classes = [LimitedJSONParser]
+    throttle_classes = [SubmitRateThrottle]
+    throttle_scope = "submit"
+
+    @extend_schema(
+        operation_id="jobs_bulk_create",
+        summary="Submit many jobs",
+        description=(
+            "Records every job in one transaction and publishes them on commit. All or nothing: a bad "
+            "item refuses the batch, with errors keyed `jobs.<index>.<field>`. Items take `type`, "
+            "`payload`, `queue` and `countdown` (no idempotency key: retry the batch as a whole)."
+        ),
+        request=BulkSubmitSerializer,
+        responses={202: BulkResultSerializer, **error_responses(400, 401, 413, 415, 429)},
+    )
+    def post(self, request: Request) -> Response:
+        body = body_object(request)
+        unknown = sorted(set(body) - {"jobs"})
+        if unknown:
+            raise ValidationError({name: ["unknown field; allowed: jobs"] for name in unknown})
+        correlation_id = correlation_id_from(request)
+        jobs = submit_many(
+            body.get("jobs"), owner=request.user, tenant=tenant_of(request.user), correlation_id=correlation_id
+        )
+        result: dict[str, Any] = {
+            "count": len(jobs),
+            "correlation_id": jobs[0].correlation_id,
+            "jobs": [
+                {
+                    "id": str(job.pk),
+                    "type": job.type,
+                    "status": job.status,
+                    "url": reverse("api-job-detail", kwargs={"pk": str(job.pk)}),
+                }
+                for job in jobs
+            ],
+        }
+        return Response(result, status=status.HTTP_202_ACCEPTED, headers={"X-Correlation-ID": result["correlation_id"]})
