@@ -13,7 +13,7 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/terminus
 TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
-.PHONY: install run test test-services test-rabbitmq test-embedded lint format clean
+.PHONY: install browser run test test-services test-rabbitmq test-embedded lint format clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+## Debian's chromium for the browser tests (tests/web drive it with Playwright; nothing is downloaded
+## through a test tool). A no-op when present; where apt cannot run, the browser tests skip, saying why.
+browser:
+	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then echo "note: no apt-get: install chromium at /usr/bin/chromium or the browser tests skip"; exit 0; fi; \
+	SUDO=; if [ "$$(id -u)" != 0 ]; then SUDO="sudo -n"; fi; \
+	echo "installing chromium (apt-get) for the browser tests"; \
+	{ $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "note: could not install chromium with apt-get: the browser tests will skip"
 
 ## make run: web + worker + beat on the embedded default (SQLite + filesystem broker under var/),
 ## or on whatever DATABASE_URL / CELERY_BROKER_URL point at.
@@ -45,6 +55,12 @@ test-rabbitmq: install
 test-embedded: install
 	env -u CELERY_BROKER_URL -u DATABASE_URL $(TEST_ENV) \
 		TERMINUS_VAR_DIR=$(CURDIR)/var/test-embedded $(BIN)/pytest $(PYTEST_ARGS)
+
+## make chaos: the fault-injection scenarios with bigger batches (CI runs them with CHAOS_JOBS=120).
+CHAOS_JOBS ?= 500
+chaos: install
+	env $(TEST_ENV) CHAOS_JOBS=$(CHAOS_JOBS) CELERY_BROKER_URL=$(TEST_BROKER_URL) DATABASE_URL=$(TEST_DATABASE_URL) \
+		TERMINUS_VAR_DIR=$(CURDIR)/var/test-chaos $(BIN)/pytest tests/reliability -s $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -106,12 +106,13 @@ class WorkerProcess:
 
     def start(self, *, timeout: float = 60) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0  # earlier runs' lines
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         wait_for(
-            lambda: self.proc.poll() is not None or " ready." in self.log(),
+            lambda: self.proc.poll() is not None or " ready." in self.log()[offset:],
             timeout=timeout,
             what=f"worker {self.name} to be ready",
         )

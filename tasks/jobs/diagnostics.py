@@ -20,6 +20,12 @@ from tasks.registry import job
 class SleepInput(BaseModel):
     seconds: float = Field(0, ge=0, le=3600, description="How long to run.")
     heartbeat_every: float = Field(1.0, gt=0, le=60, description="Seconds between heartbeats.")
+    leak_mb: int = Field(
+        0, ge=0, le=2048, description="Leak this much memory in the process that runs it (memory-limit drills)."
+    )
+
+
+_LEAKS: list[bytearray] = []
 
 
 # As long as any job may run, so drills can hold a worker busy for as long as needed.
@@ -31,6 +37,11 @@ class SleepInput(BaseModel):
 )
 def sleep(task: TrackedTask, data: SleepInput) -> dict[str, float]:
     """Sleep for ``seconds`` reporting progress; idempotent (no side effects)."""
+    if data.leak_mb:
+        leaked = bytearray(data.leak_mb * 1024 * 1024)
+        for offset in range(0, len(leaked), 4096):  # touched pages count as resident memory
+            leaked[offset] = 1
+        _LEAKS.append(leaked)  # kept past the job's end, as a real leak is
     started = time.monotonic()
     deadline = started + data.seconds
     while (remaining := deadline - time.monotonic()) > 0:
