@@ -99,31 +99,13 @@ def validate_payload(type_name: str, payload: Any) -> dict[str, Any]:
     return data.model_dump(mode="json")
 
 
-def submit(
-    type_name: str,
-    payload: dict[str, Any],
-    *,
-    owner: AbstractBaseUser | None = None,
-    tenant: Tenant | None = None,
-    idempotency_key: str | None = None,
-    queue: str | None = None,
-    countdown: int | None = None,
-    correlation_id: str | None = None,
-    retry_of: Job | None = None,
-) -> Job:
-    """Record a job and publish it on commit; returns the Job (its id is the Celery task id)."""
-    job, _created = submit_or_get(
-        type_name,
-        payload,
-        owner=owner,
-        tenant=tenant,
-        idempotency_key=idempotency_key,
-        queue=queue,
-        countdown=countdown,
-        correlation_id=correlation_id,
-        retry_of=retry_of,
-    )
-    return job
+def submit(type_name: str, payload: dict[str, Any], **options: Any) -> Job:
+    """Record a job and publish it on commit; returns the Job (its id is the Celery task id).
+
+    Options are submit_or_get()'s: owner, tenant, idempotency_key, queue, countdown,
+    correlation_id, retry_of.
+    """
+    return submit_or_get(type_name, payload, **options)[0]
 
 
 def submit_or_get(
