@@ -112,7 +112,7 @@ class WorkerProcess:
                 self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         wait_for(
-            lambda: self.proc.poll() is not None or " ready." in self.log()[offset:],
+            lambda: self.proc.poll() is not None or b" ready." in self.log_bytes()[offset:],
             timeout=timeout,
             what=f"worker {self.name} to be ready",
         )
@@ -129,6 +129,9 @@ class WorkerProcess:
 
     def children(self) -> list[psutil.Process]:
         return psutil.Process(self.pid).children(recursive=True)
+
+    def log_bytes(self) -> bytes:
+        return self.log_path.read_bytes() if self.log_path.exists() else b""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
