@@ -111,11 +111,16 @@ class WorkerProcess:
             self.proc = subprocess.Popen(
                 self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        wait_for(
-            lambda: self.proc.poll() is not None or b" ready." in self.log_bytes()[offset:],
-            timeout=timeout,
-            what=f"worker {self.name} to be ready",
-        )
+        ready = f"{self.name} ready.".encode()
+        try:
+            wait_for(
+                lambda: self.proc.poll() is not None or ready in self.log_bytes()[offset:],
+                timeout=timeout,
+                what=f"worker {self.name} to be ready",
+            )
+        except BaseException:
+            self.stop(timeout=10)  # a worker that never got ready must not linger and consume
+            raise
         assert self.proc.poll() is None, f"worker exited at start:\n{self.log()}"
         return self
 

@@ -198,6 +198,11 @@ class JobFilterSerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 {name: [f"unknown query parameter; allowed: {allowed}"] for name in unknown}
             )
+        getlist = getattr(self.initial_data, "getlist", lambda name: [self.initial_data[name]])
+        blank = [name for name in self.initial_data if not any(str(value).strip() for value in getlist(name))]
+        if blank:
+            # An empty filter would otherwise be read as "not given" and list everything.
+            raise serializers.ValidationError({name: ["must not be empty; leave the parameter out"] for name in blank})
         after, before = attrs.get("created_after"), attrs.get("created_before")
         if after is not None and before is not None and after >= before:
             raise serializers.ValidationError({"created_before": ["must be later than created_after"]})

@@ -283,7 +283,7 @@ def test_retry_action_reruns_failed_and_cancelled_jobs_and_reports_skipped_ones(
     assert {r.retry_of_id for r in reruns} == {failed.pk, cancelled.pk}
     rerun_of_failed = reruns.get(retry_of=failed)
     assert rerun_of_failed.status == Status.QUEUED
-    assert rerun_of_failed.payload == {"seconds": 0.5, "heartbeat_every": 1.0}
+    assert rerun_of_failed.payload == {"seconds": 0.5, "heartbeat_every": 1.0, "leak_mb": 0}
     assert rerun_of_failed.correlation_id == failed.correlation_id
     assert not Job.objects.filter(retry_of=succeeded).exists()
 

@@ -198,7 +198,7 @@ def test_it_accepts_a_submission_with_202_and_publishes_it_after_commit(
     # and the record belongs to Alice's tenant and was published once committed
     assert job.owner == alice
     assert job.tenant.name == "acme"
-    assert job.payload == {"seconds": 2.0, "heartbeat_every": 1.0}
+    assert job.payload == {"seconds": 2.0, "heartbeat_every": 1.0, "leak_mb": 0}
     assert len(callbacks) == 1
     assert job.dispatched_at is not None
     assert job.status == Status.QUEUED
@@ -787,7 +787,7 @@ def test_it_lists_the_job_types_with_their_input_schema(api):
     assert sleep["max_retries"] == job_types()["diagnostics.sleep"].retry.max_retries
     assert sleep["time_limit"] > 0
     assert sleep["description"]
-    assert set(sleep["input_schema"]["properties"]) == {"seconds", "heartbeat_every"}
+    assert set(sleep["input_schema"]["properties"]) == {"seconds", "heartbeat_every", "leak_mb"}
     assert by_name["webhook.deliver"]["input_schema"]["required"] == ["url"]
 
 

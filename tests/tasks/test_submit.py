@@ -71,7 +71,7 @@ def test_the_payload_is_stored_as_the_schema_normalised_it(django_capture_on_com
     with django_capture_on_commit_callbacks(execute=True):
         job = submit("diagnostics.sleep", {"seconds": "1.5"})
     job.refresh_from_db()
-    assert job.payload == {"seconds": 1.5, "heartbeat_every": 1.0}
+    assert job.payload == {"seconds": 1.5, "heartbeat_every": 1.0, "leak_mb": 0}
     assert job.status == Status.QUEUED and job.dispatched_at is not None  # published on commit
 
 
