@@ -13,7 +13,7 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/terminus
 TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
-.PHONY: install browser run test test-services test-rabbitmq test-embedded lint format clean
+.PHONY: install browser run test test-services test-rabbitmq test-embedded bench lint format clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,12 @@ CHAOS_JOBS ?= 500
 chaos: install
 	env $(TEST_ENV) CHAOS_JOBS=$(CHAOS_JOBS) CELERY_BROKER_URL=$(TEST_BROKER_URL) DATABASE_URL=$(TEST_DATABASE_URL) \
 		TERMINUS_VAR_DIR=$(CURDIR)/var/test-chaos $(BIN)/pytest tests/reliability -s $(PYTEST_ARGS)
+
+## make bench: Terminus against bare Celery and Celery + django-celery-results on Redis + PostgreSQL
+## (its own workers, web server, database terminus_bench and Redis database 10); writes bench/RESULTS.md.
+## BENCH_ARGS="--quick" for a one-minute smoke, or e.g. "--only throughput,latency --jobs 2000".
+bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

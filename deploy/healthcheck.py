@@ -5,9 +5,12 @@
 Without an argument the role is read from PID 1's command line (the process that
 deploy/entrypoint.sh exec'd), so the image's one HEALTHCHECK fits every role:
 
-* web: GET http://127.0.0.1:$PORT/healthz must answer 200 {"status": "ok"}. Standard library
-  only (slim images have no curl). The request's Host header is $HEALTHCHECK_HOST (default
-  ``localhost``), which must be in ALLOWED_HOSTS or Django answers 400.
+* web: GET http://127.0.0.1:$PORT$HEALTHCHECK_PATH must answer 200 {"status": "ok"}. The default
+  path, ``/readyz?check=database``, is healthy once the process serves requests and the database
+  answers (and, the first time, web has migrated it); the whole ``/readyz`` also needs workers and
+  beat, which compose starts only after web is healthy. Standard library only (slim images have no
+  curl). The request's Host header is $HEALTHCHECK_HOST (default ``localhost``), which must be in
+  ALLOWED_HOSTS or Django answers 400.
 * worker / beat: ``inspect ping`` through the broker to this container's own node
   ($WORKER_NAME, default ``terminus@%h``; $BEAT_NAME, default ``celerybeat@%h``). Beat answers
   only when started with --enable-remote-control (deploy/start-beat.sh does), and stops
@@ -44,8 +47,9 @@ def detect_role() -> str:
 
 def check_web() -> str:
     port = os.environ.get("PORT", "8000")
+    path = os.environ.get("HEALTHCHECK_PATH", "/readyz?check=database")
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/healthz",
+        f"http://127.0.0.1:{port}{path}",
         headers={"Host": os.environ.get("HEALTHCHECK_HOST", "localhost")},
     )
     try:
@@ -53,12 +57,13 @@ def check_web() -> str:
             body = json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         hint = " (is HEALTHCHECK_HOST in ALLOWED_HOSTS?)" if exc.code == 400 else ""
-        raise SystemExit(f"unhealthy: /healthz answered {exc.code}{hint}") from None
+        detail = exc.read()[:500].decode(errors="replace") if exc.code == 503 else ""
+        raise SystemExit(f"unhealthy: {path} answered {exc.code}{hint} {detail}".rstrip()) from None
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"unhealthy: /healthz: {exc}") from None
+        raise SystemExit(f"unhealthy: {path}: {exc}") from None
     if body.get("status") != "ok":
-        raise SystemExit(f"unhealthy: /healthz said {body!r}")
-    return "/healthz ok"
+        raise SystemExit(f"unhealthy: {path} said {body!r}")
+    return f"{path} ok"
 
 
 def check_node(env_name: str, default: str) -> str:

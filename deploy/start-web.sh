@@ -5,6 +5,8 @@
 # On SIGTERM gunicorn stops accepting, lets requests finish for the graceful timeout, then exits;
 # keep the supervisor's stop timeout above it (compose stop_grace_period, k8s
 # terminationGracePeriodSeconds, systemd TimeoutStopSec). More flags: GUNICORN_CMD_ARGS.
+# Logs: with LOG_FORMAT=json (production's default) gunicorn's error and access lines are JSON too,
+# each access line with the request's X-Correlation-ID (project/logging.py: GunicornLogger).
 set -o errexit -o nounset -o pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,5 +22,6 @@ exec gunicorn project.wsgi:application \
   --max-requests-jitter 100 \
   --worker-tmp-dir "${GUNICORN_WORKER_TMP_DIR:-/dev/shm}" \
   --no-control-socket \
+  --logger-class project.logging.GunicornLogger \
   --access-logfile - \
   --error-logfile -

@@ -110,6 +110,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "project.middleware.CorrelationIdMiddleware",  # first: every response and log line carries the id
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -225,6 +226,9 @@ SPECTACULAR_SETTINGS = {
 }
 # Request bodies above this are refused with 413 before they reach a view.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("TERMINUS_MAX_REQUEST_BYTES", 1024 * 1024, minimum=1024)
+# Longest long poll (GET /api/jobs/{id}/?wait=N), seconds; each held poll occupies a web thread.
+# Keep it below your proxy's read timeout; 0 turns long polling off (wait is then ignored).
+TERMINUS_LONG_POLL_MAX = env_int("TERMINUS_LONG_POLL_MAX", 60, minimum=0)
 
 # ---------------------------------------------------------------------------------------------
 # Terminus (jobs)
@@ -337,6 +341,7 @@ CELERY_VISIBILITY_TIMEOUT = env_int(
 if CELERY_VISIBILITY_TIMEOUT <= TERMINUS_MAX_TIME_LIMIT:
     raise ImproperlyConfigured("CELERY_VISIBILITY_TIMEOUT must exceed TERMINUS_MAX_TIME_LIMIT")
 if CELERY_BROKER_URL.startswith("filesystem"):
+    CELERY_BROKER_TRANSPORT = "project.broker:Transport"  # atomic message files (see project/broker.py)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
@@ -380,16 +385,89 @@ if CELERY_BROKER_URL.startswith(("amqp", "pyamqp")):
     ] + [Queue("dead_letter.raw", _dlx, routing_key="dead_letter.raw")]
 
 # ---------------------------------------------------------------------------------------------
+# Crons: the beat schedule (tasks/schedule.py), the reaper, health checks, retention
+# ---------------------------------------------------------------------------------------------
+# Crons run on a queue of their own, so a backlog of jobs never delays the reaper.
+TERMINUS_CRON_QUEUE = env_str("TERMINUS_CRON_QUEUE", "crons")
+TERMINUS_CRON_MODULES = env_list("TERMINUS_CRON_MODULES", [])  # modules adding crons with @cron(...)
+# Intervals (s); beat aligns each to multiples of itself (the reaper on every whole minute).
+TERMINUS_REAPER_INTERVAL = env_int("TERMINUS_REAPER_INTERVAL", 60, minimum=1)
+TERMINUS_HEALTH_INTERVAL = env_int("TERMINUS_HEALTH_INTERVAL", 120, minimum=1)
+TERMINUS_ALERT_FLUSH_INTERVAL = env_int("TERMINUS_ALERT_FLUSH_INTERVAL", 60, minimum=1)
+TERMINUS_ROLLUP_INTERVAL = env_int("TERMINUS_ROLLUP_INTERVAL", 3600, minimum=1)
+TERMINUS_CLEANUP_INTERVAL = env_int("TERMINUS_CLEANUP_INTERVAL", 86400, minimum=1)
+# A cron run with no recorded end this long past its time limit died with its worker.
+TERMINUS_CRON_GRACE = env_int("TERMINUS_CRON_GRACE", 60, minimum=1)
+# Reaper: a running job silent for its hard time limit plus this grace has lost its worker; the
+# grace covers a hard-limit kill being recorded and a worker retrying writes through a DB blip.
+TERMINUS_REAPER_GRACE = env_int("TERMINUS_REAPER_GRACE", 120, minimum=1)
+TERMINUS_REAPER_UNDISPATCHED_AFTER = env_int("TERMINUS_REAPER_UNDISPATCHED_AFTER", 60, minimum=1)
+# Queued jobs due this long ago (and past a later canary) lost their message; retrying jobs this
+# long past next_retry_at lost theirs. Long enough that a busy worker is not mistaken for a loss.
+TERMINUS_REAPER_QUEUED_AFTER = env_int("TERMINUS_REAPER_QUEUED_AFTER", 900, minimum=1)
+TERMINUS_REAPER_RETRY_AFTER = env_int("TERMINUS_REAPER_RETRY_AFTER", 900, minimum=1)
+TERMINUS_REAPER_BATCH = env_int("TERMINUS_REAPER_BATCH", 500, minimum=1)  # rows per step per tick
+# on_terminal hooks: runs before giving up (and alerting); how long one run may take before it
+# is presumed dead and run again.
+TERMINUS_HOOK_MAX_ATTEMPTS = env_int("TERMINUS_HOOK_MAX_ATTEMPTS", 10, minimum=1)
+TERMINUS_HOOK_LEASE = env_int("TERMINUS_HOOK_LEASE", 300, minimum=1)
+# Health (/readyz and the health cron): thresholds of the readiness checks.
+TERMINUS_CANARY_TIMEOUT = env_int("TERMINUS_CANARY_TIMEOUT", 300, minimum=1)
+TERMINUS_READY_BROKER_TIMEOUT = env_float("TERMINUS_READY_BROKER_TIMEOUT", 2.0, minimum=0.1)
+TERMINUS_READY_PING_TIMEOUT = env_float("TERMINUS_READY_PING_TIMEOUT", 1.0, minimum=0.1)
+TERMINUS_READY_BEAT_MAX_AGE = env_int("TERMINUS_READY_BEAT_MAX_AGE", max(180, 3 * TERMINUS_REAPER_INTERVAL), minimum=1)
+TERMINUS_READY_DLQ_MAX_OPEN = env_int("TERMINUS_READY_DLQ_MAX_OPEN", 1000, minimum=0)
+TERMINUS_READY_DLQ_MAX_AGE = env_int("TERMINUS_READY_DLQ_MAX_AGE", 86400, minimum=1)
+TERMINUS_READY_DEADLINE_GRACE = env_int("TERMINUS_READY_DEADLINE_GRACE", 2 * TERMINUS_REAPER_INTERVAL, minimum=0)
+# Retention (days) and how cleanup deletes: rows per transaction, seconds per run.
+TERMINUS_RETENTION_SUCCEEDED_DAYS = env_int("TERMINUS_RETENTION_SUCCEEDED_DAYS", 7, minimum=1)
+TERMINUS_RETENTION_FAILED_DAYS = env_int("TERMINUS_RETENTION_FAILED_DAYS", 30, minimum=1)
+TERMINUS_RETENTION_CANCELLED_DAYS = env_int("TERMINUS_RETENTION_CANCELLED_DAYS", 7, minimum=1)
+TERMINUS_RETENTION_TASK_RESULTS_DAYS = env_int("TERMINUS_RETENTION_TASK_RESULTS_DAYS", 7, minimum=1)
+TERMINUS_RETENTION_CRON_RUNS_DAYS = env_int("TERMINUS_RETENTION_CRON_RUNS_DAYS", 14, minimum=1)
+TERMINUS_RETENTION_ALERTS_DAYS = env_int("TERMINUS_RETENTION_ALERTS_DAYS", 30, minimum=1)
+TERMINUS_RETENTION_ROLLUPS_DAYS = env_int("TERMINUS_RETENTION_ROLLUPS_DAYS", 400, minimum=1)
+TERMINUS_CLEANUP_BATCH = env_int("TERMINUS_CLEANUP_BATCH", 1000, minimum=1)
+TERMINUS_CLEANUP_MAX_SECONDS = env_int("TERMINUS_CLEANUP_MAX_SECONDS", 1800, minimum=1)
+if TERMINUS_CLEANUP_MAX_SECONDS > 3000:
+    raise ImproperlyConfigured("TERMINUS_CLEANUP_MAX_SECONDS must stay below the cleanup cron's 3600 s time limit")
+TERMINUS_ROLLUP_HOURS = env_int("TERMINUS_ROLLUP_HOURS", 3, minimum=1)  # complete hours recomputed per run
+# Beat stamps each cron message with its tick (the lock key); its entries come from tasks/schedule.py.
+CELERY_BEAT_SCHEDULER = "tasks.schedule:Scheduler"
+# Cleanup deletes django-celery-results rows in batches; Celery's own backend_cleanup (one
+# DELETE of every expired row, daily at 4:00) would otherwise run too, unrecorded.
+CELERY_RESULT_EXPIRES = None
+# Workers and beat import the cron modules (tasks/schedule.py BUILTIN_CRON_MODULES) and any extra ones.
+CELERY_IMPORTS = [
+    "tasks.crons", "tasks.reaper", "tasks.health", "tasks.rollup", "tasks.cleanup", *TERMINUS_CRON_MODULES,
+]  # fmt: skip
+
+# ---------------------------------------------------------------------------------------------
 # Logging
 # ---------------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-}
+# json: one JSON object per line (log shippers); console: readable lines for a terminal.
+LOG_FORMAT = env_str("LOG_FORMAT", "json" if PRODUCTION else "console")
+from project.logging import logging_config  # noqa: E402  (structlog wiring, no application code)
+
+LOGGING = logging_config(level=LOG_LEVEL, fmt=LOG_FORMAT)
+
+# ---------------------------------------------------------------------------------------------
+# Metrics (GET /metrics; project/metrics.py)
+# ---------------------------------------------------------------------------------------------
+# Cluster-internal by default; set a token to require "Authorization: Bearer <token>".
+TERMINUS_METRICS_TOKEN = env_str("TERMINUS_METRICS_TOKEN")
+# Counting terminal jobs scans the job table (about 0.2 s per million rows): share that count
+# through the cache for this long (0: count on every scrape). Open jobs are always counted live.
+TERMINUS_METRICS_CACHE_SECONDS = env_int("TERMINUS_METRICS_CACHE_SECONDS", 60, minimum=0)
+# How long a scrape (and `manage.py fleet`) waits for the workers' answers, seconds.
+TERMINUS_METRICS_INSPECT_TIMEOUT = env_float("TERMINUS_METRICS_INSPECT_TIMEOUT", 1.0, minimum=0.1)
+# Where worker processes count attempt durations, retries and failures (prometheus_client
+# multiprocess mode); /metrics adds up every worker directory under it that it can see.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR")
+# A worker serves its own event metrics on this port (0: off); scrape it per pod/host.
+TERMINUS_WORKER_METRICS_PORT = env_int("TERMINUS_WORKER_METRICS_PORT", 0, minimum=0)
+TERMINUS_WORKER_METRICS_ADDR = env_str("TERMINUS_WORKER_METRICS_ADDR", "0.0.0.0")  # noqa: S104
 
 # ---------------------------------------------------------------------------------------------
 # Sentry

@@ -54,7 +54,7 @@ PROGRESS_FIELDS = (
 )  # fmt: skip
 TIMELINE_FIELDS = (
     "created_at", "dispatched_at", "started_at", "heartbeat_at", "next_retry_at", "finished_at", "terminal_by",
-    "updated_at",
+    "dead_lettered_at", "updated_at",
 )  # fmt: skip
 
 STATUS_COLORS = {
@@ -412,3 +412,7 @@ class MembershipAdmin(admin.ModelAdmin):
     list_select_related = ("user", "tenant")
     search_fields = ("user__username", "tenant__name")
     raw_id_fields = ("user", "tenant")
+
+
+import results.admin_crons  # noqa: E402,F401  (registers the schedule, cron run, health and metrics admins)
+from results import admin_dead_letters  # noqa: E402,F401  (registers the dead-letter, alert and throttle admins)

@@ -80,6 +80,17 @@ class AttemptOutcome(models.TextChoices):
     CANCELLED = "cancelled"
 
 
+class HookState(models.TextChoices):
+    # The job type declares no on_terminal hook.
+    NONE = "", "none"
+    # The hook is to run (again) once the job is terminal: by the worker, else by the reaper.
+    PENDING = "pending"
+    # The hook ran to completion once (it may have run more than once before: hooks are idempotent).
+    DONE = "done"
+    # The hook failed TERMINUS_HOOK_MAX_ATTEMPTS times; a human was alerted.
+    GAVE_UP = "gave_up"
+
+
 @dataclass(frozen=True)
 class Claim:
     """What a worker learns when it claims a job for an attempt."""
@@ -142,6 +153,19 @@ class Job(models.Model):
         null=True, blank=True, help_text="When its final failure was published to the dead_letter queue."
     )
     updated_at = models.DateTimeField(default=timezone.now)
+    # The job type's on_terminal hook, run at least once after every terminal transition (tasks.hooks).
+    terminal_hook = models.CharField(
+        max_length=16,
+        choices=HookState.choices,
+        blank=True,
+        default=HookState.NONE,
+        help_text="State of the job type's on_terminal hook: empty when it declares none.",
+    )
+    terminal_hook_attempts = models.PositiveIntegerField(default=0, help_text="Runs of the on_terminal hook so far.")
+    terminal_hook_tried_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the on_terminal hook last started (a lease against a second run)."
+    )
+    terminal_hook_error = models.TextField(blank=True, default="", help_text="The on_terminal hook's last error.")
 
     objects = JobQuerySet.as_manager()
 
@@ -164,6 +188,29 @@ class Job(models.Model):
             # Admin/ops search by idempotency key across tenants.
             models.Index(
                 fields=["idempotency_key"], name="job_idempotency_key", condition=Q(idempotency_key__isnull=False)
+            ),
+            # Cleanup (terminal jobs past their retention, per status) and the hourly rollup (jobs
+            # finished in an hour): both are range scans on finished_at within one status.
+            models.Index(fields=["status", "finished_at"], name="job_status_finished"),
+            # Reaper: queued jobs whose message never reached the broker.
+            models.Index(
+                fields=["created_at"],
+                name="job_undispatched",
+                condition=Q(status="queued", dispatched_at__isnull=True),
+            ),
+            # Reaper: retrying jobs whose next attempt is overdue.
+            models.Index(fields=["next_retry_at"], name="job_retry_due", condition=Q(status="retrying")),
+            # Reaper: failed jobs whose dead letter was never published (broker down at the time).
+            models.Index(
+                fields=["finished_at"],
+                name="job_dead_letter_pending",
+                condition=Q(status="failed", dead_lettered_at__isnull=True),
+            ),
+            # Reaper: terminal jobs whose on_terminal hook has not completed yet.
+            models.Index(
+                fields=["finished_at"],
+                name="job_hook_pending",
+                condition=Q(terminal_hook="pending", status__in=["succeeded", "failed", "cancelled"]),
             ),
         ]
         constraints = [
@@ -207,7 +254,8 @@ class Job(models.Model):
     def mark_dispatched(self) -> bool:
         """Record that the message reached the broker (first publish wins; re-dispatch keeps it)."""
         return (
-            Job.objects.filter(pk=self.pk, dispatched_at__isnull=True, status=Status.QUEUED).update(
+            # Not conditional on status: a fast worker may have claimed the job already.
+            Job.objects.filter(pk=self.pk, dispatched_at__isnull=True).update(
                 dispatched_at=Now(), version=F("version") + 1, updated_at=Now()
             )
             == 1
@@ -323,6 +371,55 @@ class Job(models.Model):
             if won:
                 self._close_attempt(None, AttemptOutcome.CANCELLED, "cancelled", reason)
         return won
+
+    def reap_lost(self, *, seen_version: int, stale_before: datetime, retry: bool) -> bool:
+        """The reaper's verdict on a running attempt that has not proved alive since ``stale_before``.
+
+        The attempt is closed as ``lost`` and counted as a lost delivery; the job is then due again
+        at once (``retry``: RETRYING, re-dispatched by the caller) or fails for good as ``lost``.
+        One guarded UPDATE on the version the reaper read: a heartbeat, a redelivery, a late result
+        or a second reaper that wrote first wins instead, and this returns False.
+        """
+        message = "its worker stopped proving it was alive (no heartbeat past the hard time limit plus grace)"
+        fields: dict[str, Any] = {"lost_deliveries": F("lost_deliveries") + 1, "error_type": "lost"}
+        if retry:
+            target = Status.RETRYING
+            fields.update(next_retry_at=Now(), heartbeat_at=None, error_message=f"{message}; run again")
+        else:
+            target = Status.FAILED
+            fields.update(finished_at=Now(), next_retry_at=None, error_message=f"{message}; no attempts left")
+        with transaction.atomic():
+            won = (
+                Job.objects.filter(pk=self.pk, status=Status.RUNNING, version=seen_version)
+                .filter(Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True))
+                .update(status=target, version=F("version") + 1, updated_at=Now(), **fields)
+                == 1
+            )
+            if won:
+                self._close_attempt(None, AttemptOutcome.LOST, "lost", message)
+        return won
+
+    def claim_terminal_hook(self, *, lease_before: datetime) -> bool:
+        """Take one run of the on_terminal hook; False means it is done, not due, or being run elsewhere.
+
+        A run whose claim is older than ``lease_before`` is presumed dead and may be claimed again.
+        """
+        return (
+            Job.objects.filter(pk=self.pk, status__in=sorted(TERMINAL_STATUSES), terminal_hook=HookState.PENDING)
+            .filter(Q(terminal_hook_tried_at__isnull=True) | Q(terminal_hook_tried_at__lt=lease_before))
+            .update(terminal_hook_attempts=F("terminal_hook_attempts") + 1, terminal_hook_tried_at=Now())
+            == 1
+        )
+
+    def finish_terminal_hook(self, *, error: str = "", give_up: bool = False) -> bool:
+        """Record a hook run: done, or its error (and whether to stop trying); True if this call changed it."""
+        if not error:
+            fields: dict[str, Any] = {"terminal_hook": HookState.DONE, "terminal_hook_error": ""}
+        else:
+            fields = {"terminal_hook_error": error[:10_000], "terminal_hook_tried_at": None}
+            if give_up:
+                fields["terminal_hook"] = HookState.GAVE_UP
+        return Job.objects.filter(pk=self.pk, terminal_hook=HookState.PENDING).update(**fields) == 1
 
     def _close_attempt(self, attempt: int | None, outcome: str, error_type: str = "", error_message: str = "") -> None:
         open_attempts = JobAttempt.objects.filter(job_id=self.pk, outcome=AttemptOutcome.RUNNING)
@@ -476,3 +573,147 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel}: {self.subject} ({self.status})"
+
+
+# -- crons, health and metrics (tasks/schedule.py and the crons it lists) --------------------------
+class CronRunStatus(models.TextChoices):
+    # Started and not finished yet (or its worker died: the next tick closes it as failed).
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    # Not run: the previous run of the same cron was still running at this tick (overlap policy).
+    SKIPPED = "skipped"
+
+
+class CronRun(models.Model):
+    """One tick of one cron: exactly one row per (cron, tick), whoever sent it and however often.
+
+    The unique constraint is the exactly-once lock: a second beat's send of the same tick fails to
+    insert and only bumps ``duplicates``. Every row ends succeeded, failed or skipped.
+    """
+
+    cron = models.CharField(max_length=100, help_text="The cron's name in tasks/schedule.py.")
+    tick = models.DateTimeField(help_text="The schedule slot this run belongs to.")
+    status = models.CharField(max_length=16, choices=CronRunStatus.choices, default=CronRunStatus.RUNNING)
+    task_id = models.CharField(max_length=255, blank=True, default="", help_text="The Celery task id of the run.")
+    worker = models.CharField(max_length=255, blank=True, default="")
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True, help_text="What the run reported (counts).")
+    error_type = models.CharField(max_length=200, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    traceback = models.TextField(blank=True, default="")
+    duplicates = models.PositiveIntegerField(
+        default=0, help_text="Further sends of this tick refused by the lock (e.g. a second beat)."
+    )
+
+    class Meta:
+        ordering = ("-started_at",)
+        indexes = [
+            # Admin history per cron; the schedule view's last run of each cron.
+            models.Index(fields=["cron", "-started_at"], name="cronrun_cron_started"),
+            # /readyz: the newest run of any cron (is beat ticking?); cleanup by age.
+            models.Index(fields=["started_at"], name="cronrun_started"),
+            # Overlap policy and the stale-run sweep: runs not finished yet.
+            models.Index(fields=["cron", "started_at"], name="cronrun_running", condition=Q(status="running")),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["cron", "tick"], name="cronrun_once_per_tick"),
+            models.CheckConstraint(condition=Q(status__in=CronRunStatus.values), name="cronrun_status_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cron} @ {self.tick:%Y-%m-%d %H:%M:%S} ({self.status})"
+
+    @property
+    def duration(self) -> float | None:
+        return (self.finished_at - self.started_at).total_seconds() if self.finished_at else None
+
+    def finish(
+        self, status: str, *, result: Any = None, error_type: str = "", error_message: str = "", **extra: Any
+    ) -> bool:
+        """End a running run; False if it had already ended (e.g. closed as lost by a sweep)."""
+        return (
+            CronRun.objects.filter(pk=self.pk, status=CronRunStatus.RUNNING).update(
+                status=status,
+                finished_at=Now(),
+                result=result,
+                error_type=error_type[:200],
+                error_message=error_message,
+                **extra,
+            )
+            == 1
+        )
+
+
+class HealthState(models.Model):
+    """The last verdict of one health check (or one cron), so a change alerts once, not every tick."""
+
+    name = models.CharField(max_length=100, unique=True, help_text="e.g. broker, canaries, cron:reaper")
+    ok = models.BooleanField(default=True)
+    detail = models.JSONField(default=dict, blank=True, help_text="What the last check found.")
+    since = models.DateTimeField(default=timezone.now, help_text="When ok last changed.")
+    checked_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {'ok' if self.ok else 'failing'}"
+
+    @classmethod
+    def record(cls, name: str, *, ok: bool, detail: dict[str, Any]) -> str | None:
+        """Store a verdict; "failing" or "recovered" when it flipped (one guarded UPDATE: one caller wins)."""
+        row, _ = cls.objects.get_or_create(name=name, defaults={"ok": True, "detail": detail})
+        flipped = cls.objects.filter(pk=row.pk, ok=not ok).update(ok=ok, detail=detail, since=Now(), checked_at=Now())
+        if flipped:
+            return "recovered" if ok else "failing"
+        cls.objects.filter(pk=row.pk).update(detail=detail, checked_at=Now())
+        return None
+
+
+class QueueCanary(models.Model):
+    """Canary bookkeeping per queue: a queue whose canary waits too long is not being consumed."""
+
+    queue = models.CharField(max_length=100, unique=True)
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+    waiting_since = models.DateTimeField(
+        null=True, blank=True, help_text="When the oldest canary not consumed yet was sent; empty: consuming."
+    )
+    last_consumed_at = models.DateTimeField(null=True, blank=True)
+    last_consumed_sent_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Send time of the newest consumed canary: the queue consumed what was published before it.",
+    )
+
+    class Meta:
+        ordering = ("queue",)
+
+    def __str__(self) -> str:
+        return f"{self.queue}: {'waiting since ' + str(self.waiting_since) if self.waiting_since else 'consuming'}"
+
+
+class MetricsRollup(models.Model):
+    """Per (hour, job type, status): how many jobs ended so, how long they took, and the failure rate."""
+
+    hour = models.DateTimeField(help_text="Start of the hour (UTC) the jobs finished in.")
+    job_type = models.CharField(max_length=100)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    count = models.PositiveIntegerField()
+    duration_p50 = models.FloatField(null=True, blank=True, help_text="Seconds, start to end of the last attempt.")
+    duration_p95 = models.FloatField(null=True, blank=True)
+    latency_p50 = models.FloatField(null=True, blank=True, help_text="Seconds, submitted to terminal.")
+    latency_p95 = models.FloatField(null=True, blank=True)
+    failure_rate = models.FloatField(help_text="Failed / (succeeded + failed) of this type in this hour.")
+    computed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("-hour", "job_type", "status")
+        indexes = [models.Index(fields=["job_type", "-hour"], name="rollup_type_hour")]
+        constraints = [
+            models.UniqueConstraint(fields=["hour", "job_type", "status"], name="rollup_once_per_hour_type_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} {self.job_type} {self.status}: {self.count}"

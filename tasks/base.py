@@ -19,6 +19,8 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
+import project.metrics  # noqa: F401  (worker side: attempt metrics and the fleet control commands)
+from project.logging import bind_job
 from project.sentry import TRACKED_TAG
 from results.models import DeadLetterReason, Job
 
@@ -42,6 +44,15 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, SoftTimeLimitExceeded):
         return "SoftTimeLimitExceeded", "soft time limit exceeded: the attempt was interrupted"
     return type(exc).__name__, (str(exc) or repr(exc))[:10_000]
+
+
+def _correlation_id(job_id: str) -> str:
+    """The record's correlation id, for the attempt's log lines (Celery sets the message's own
+    ``correlation_id`` property to the task id, which shadows a header of that name)."""
+    try:
+        return Job.objects.filter(pk=job_id).values_list("correlation_id", flat=True).first() or ""
+    except (OperationalError, InterfaceError):
+        return ""
 
 
 class TrackedTask(DjangoTask):
@@ -83,6 +94,7 @@ class TrackedTask(DjangoTask):
             logger.warning("job %s not run: it is terminal, cancelled or unknown", task_id)
             raise Ignore()
         self.request.terminus_attempt = claim.attempt
+        bind_job(attempt=claim.attempt, correlation_id=_correlation_id(task_id))
         if settings.SENTRY_DSN:
             import sentry_sdk
 
@@ -99,6 +111,7 @@ class TrackedTask(DjangoTask):
             logger.error("job %s failed: its worker was lost %s times", task_id, claim.lost_deliveries)
             if won:
                 dead_letter_job(task_id, reason=DeadLetterReason.WORKER_LOST)
+                self._run_terminal_hook(task_id)
             raise Ignore()
 
     def retry(self, *args: Any, countdown: float | None = None, eta: Any = None, **options: Any) -> Retry:
@@ -129,6 +142,8 @@ class TrackedTask(DjangoTask):
         )
         if not won:
             logger.warning("job %s finished but was no longer running; result discarded", task_id)
+        else:
+            self._run_terminal_hook(task_id)
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: ExceptionInfo) -> None:
         """Fail the record for good: retries exhausted, non-retryable error or a time limit."""
@@ -143,6 +158,21 @@ class TrackedTask(DjangoTask):
         )
         if won:
             dead_letter_job(task_id, reason=reason_for(error_type, retryable=self._retryable(exc)))
+            if self.request.id == task_id:  # in the pool child; the main process (hard limit) leaves it to the reaper
+                self._run_terminal_hook(task_id)
+
+    def _run_terminal_hook(self, task_id: str) -> None:
+        """The job type's on_terminal hook, right after this worker's terminal transition.
+
+        It never changes the job's state; if it raises, or this process dies first, the reaper runs
+        it again (tasks.hooks).
+        """
+        from .hooks import run_terminal_hook  # tasks.hooks imports the registry, which imports this module
+
+        try:
+            run_terminal_hook(task_id, type_name=self.name)
+        except Exception:  # the record is already terminal; the reaper retries the hook
+            logger.warning("on_terminal hook of job %s not run here; the reaper will", task_id, exc_info=True)
 
     def _retryable(self, exc: BaseException) -> bool:
         policy = self.job_retry_policy

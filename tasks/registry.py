@@ -29,6 +29,8 @@ class JobType:
     soft_time_limit: int
     description: str
     task: TrackedTask
+    #: Runs after every terminal transition of a job of this type, at least once (tasks.hooks).
+    on_terminal: Callable[[Any], Any] | None = None
 
     def deadline_budget(self, countdown: float = 0) -> float:
         """Seconds a job of this type may take, from submit to terminal, before it is overdue."""
@@ -55,8 +57,13 @@ def job(
     queue: str = "default",
     time_limit: int | None = None,
     soft_time_limit: int | None = None,
+    on_terminal: Callable[[Any], Any] | None = None,
 ) -> Callable[[Callable[..., Any]], TrackedTask]:
-    """Register ``fn(task, data)`` as job type ``name``; ``data`` is the validated ``input``."""
+    """Register ``fn(task, data)`` as job type ``name``; ``data`` is the validated ``input``.
+
+    ``on_terminal(job)`` runs after every terminal transition (succeeded, failed, cancelled), including
+    the reaper's after a worker vanished: at least once, so it must be idempotent (tasks.hooks).
+    """
     policy = retry or RetryPolicy()
     # TERMINUS_MAX_TIME_LIMIT caps every job type: the Redis visibility timeout is derived from
     # it, so no attempt may outlive it (or its message would be handed to a second worker).
@@ -101,6 +108,7 @@ def job(
             soft_time_limit=soft,
             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
             task=task,
+            on_terminal=on_terminal,
         )
         return task
 

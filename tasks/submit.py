@@ -20,7 +20,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from pydantic import ValidationError
 
-from results.models import Job, Status
+from results.models import HookState, Job, Status
 
 from .registry import get_job_type, job_types
 
@@ -253,6 +253,7 @@ def _new_job(
         created_at=now,
         updated_at=now,
         terminal_by=now + timedelta(seconds=job_type.deadline_budget(countdown or 0)),
+        terminal_hook=HookState.PENDING if job_type.on_terminal else HookState.NONE,
     )
 
 
@@ -286,7 +287,7 @@ def dispatch_many(jobs: list[Job], *, countdowns: dict[Any, int | None] | None =
         )
     for start in range(0, len(published), 1000):
         Job.objects.filter(
-            pk__in=published[start : start + 1000], dispatched_at__isnull=True, status=Status.QUEUED
+            pk__in=published[start : start + 1000], dispatched_at__isnull=True
         ).update(dispatched_at=Now(), version=F("version") + 1, updated_at=Now())
     return len(published)
 

@@ -7,9 +7,10 @@ throttle, an unknown URL, a body too large), has the body::
 
 ``errors`` is always an object. It maps a field to its messages for bad input: request-body
 fields (``type``, ``payload.seconds``, ``countdown``), query parameters (``status``,
-``created_after``), headers (``X-Correlation-ID``) and ``body`` for the request body as a whole
-(malformed JSON, not an object, too large). It is ``{}`` when no field is to blame (401, 403,
-404, 405, 429). Nested serializer errors are flattened to dotted keys (``status.1``).
+``created_after``), headers (``X-Correlation-ID``), ``body`` for the request body as a whole
+(malformed JSON, not an object, too large) and ``query`` for the query string as a whole (too
+many parameters). It is ``{}`` when no field is to blame (401, 403, 404, 405, 429). Nested
+serializer errors are flattened to dotted keys (``status.1``).
 
 Status codes: 400 bad input, 401 no or bad credentials, 403 not allowed, 404 unknown (or
 another tenant's) job, 405 wrong method, 409 the job's state forbids the action, 413 payload or
@@ -22,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -91,6 +92,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     """DRF's handler (status, WWW-Authenticate, Retry-After), with every body in the one shape."""
     if isinstance(exc, RequestDataTooBig):  # something read request.body past the limit
         exc = RequestTooLarge()
+    elif isinstance(exc, TooManyFieldsSent):  # more than DATA_UPLOAD_MAX_NUMBER_FIELDS query parameters
+        exc = exceptions.ValidationError({"query": [f"more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} parameters"]})
     elif isinstance(exc, PayloadTooLarge):
         exc = RequestTooLarge(exc.errors)
     elif isinstance(exc, SubmissionError):

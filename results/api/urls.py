@@ -3,6 +3,7 @@
 from django.urls import path, re_path
 
 from .bulk import BulkSubmitView
+from .dead_letters import DeadLetterViewSet
 from .views import JobTypeListView, JobViewSet, NotFoundView
 
 # Ids are matched as any segment and checked in the view, so a malformed id is the API's own
@@ -14,5 +15,12 @@ urlpatterns = [
     path("jobs/<str:pk>/cancel/", JobViewSet.as_view({"post": "cancel"}), name="api-job-cancel"),
     path("jobs/<str:pk>/retry/", JobViewSet.as_view({"post": "retry"}), name="api-job-retry"),
     path("job-types/", JobTypeListView.as_view(), name="api-job-types"),
+    path("dead-letters/", DeadLetterViewSet.as_view({"get": "list"}), name="api-dead-letter-list"),
+    path("dead-letters/stats/", DeadLetterViewSet.as_view({"get": "stats"}), name="api-dead-letter-stats"),
+    path("dead-letters/<str:pk>/", DeadLetterViewSet.as_view({"get": "retrieve"}), name="api-dead-letter-detail"),
+    path("dead-letters/<str:pk>/replay/", DeadLetterViewSet.as_view({"post": "replay"}), name="api-dead-letter-replay"),
+    path(
+        "dead-letters/<str:pk>/resolve/", DeadLetterViewSet.as_view({"post": "resolve"}), name="api-dead-letter-resolve"
+    ),
     re_path(r"^.*$", NotFoundView.as_view(), name="api-not-found"),
 ]

@@ -10,9 +10,11 @@ exist. Every error has the body ``{"detail": "...", "errors": {field: [messages]
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.db.models import QuerySet
 from django.urls import Resolver404, resolve, reverse
 from django.utils import timezone
@@ -45,6 +47,8 @@ CORRELATION_MAX_CHARS = 100
 #: Longest Retry-After a poll is told to wait, even when the next retry is further away.
 RETRY_AFTER_MAX = 30
 RETRYABLE_STATUSES = (Status.FAILED, Status.CANCELLED)
+#: How often a long poll (``?wait=N``) re-reads the job's version while it holds the request.
+LONG_POLL_INTERVAL = 0.25
 
 _ERROR_DESCRIPTIONS = {
     400: "Bad input: errors maps each field (body field, query parameter or header) to its messages.",
@@ -90,6 +94,29 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
         return False
     candidates = [tag.strip() for tag in if_none_match.split(",")]
     return any(tag == "*" or tag.removeprefix("W/") == etag for tag in candidates)
+
+
+def long_poll_wait(request: Request) -> int:
+    """Seconds a poll may be held (``?wait=N``): 0 without it; values above the cap count as the cap.
+
+    Any other query parameter, a repeated ``wait`` or a value that is not a whole number of
+    seconds is a 400 keyed by the parameter.
+    """
+    cap = settings.TERMINUS_LONG_POLL_MAX
+    unknown = sorted(set(request.query_params) - {"wait"})
+    if unknown:
+        raise exceptions.ValidationError({name: ["unknown query parameter; allowed: wait"] for name in unknown})
+    values = request.query_params.getlist("wait")
+    if not values:
+        return 0
+    if len(values) > 1:
+        raise exceptions.ValidationError({"wait": ["give wait once"]})
+    value = values[0].strip()
+    if not (value.isascii() and value.isdigit()):
+        raise exceptions.ValidationError(
+            {"wait": [f"must be a whole number of seconds, 0 or more; above {cap} counts as {cap} (got {values[0]!r})"]}
+        )
+    return min(int(value), cap)
 
 
 def body_object(request: Request) -> dict[str, Any]:
@@ -163,17 +190,34 @@ def tenant_of(user: Any) -> Any:
         summary="Poll a job",
         description=(
             "The job with its attempt history. While it is not terminal the answer carries `Retry-After`. "
-            "Send the last `ETag` in `If-None-Match` to get 304 with no body while nothing changed."
+            "Send the last `ETag` in `If-None-Match` to get 304 with no body while nothing changed.\n\n"
+            "Long poll: with `?wait=N` the server holds the request while the job is not terminal "
+            "and nothing changed (any change: status, attempt, progress, ...), and answers as soon as "
+            "its version moves past the one in `If-None-Match` (or, without that header, past the "
+            "version at request time): 200 with the job. After N seconds with no change it answers "
+            "304 if `If-None-Match` matched, else 200. A terminal job, or an `If-None-Match` that is "
+            "already stale, is answered at once. N is capped by `TERMINUS_LONG_POLL_MAX` (default 60; "
+            "larger values count as the cap). Each held poll occupies one server thread and re-reads "
+            "the job's version every 0.25 s."
         ),
         parameters=[
             JOB_ID,
             OpenApiParameter("If-None-Match", str, OpenApiParameter.HEADER, description="A previous ETag."),
+            OpenApiParameter(
+                "wait",
+                int,
+                OpenApiParameter.QUERY,
+                description=(
+                    "Long poll: hold the request up to this many seconds until the job changes "
+                    "(0 to the server's cap, default 60; above the cap counts as the cap)."
+                ),
+            ),
             *JOB_HEADERS,
         ],
         responses={
             200: JobDetailSerializer,
             304: OpenApiResponse(description="Not modified since the ETag in If-None-Match."),
-            **error_responses(401, 404),
+            **error_responses(400, 401, 404),
         },
     ),
 )
@@ -266,10 +310,30 @@ class JobViewSet(viewsets.GenericViewSet):
         )
 
     def retrieve(self, request: Request, pk: str) -> Response:
+        wait = long_poll_wait(request)
         job = self.get_job(pk)
-        if etag_matches(request.headers.get("If-None-Match"), job.etag):
+        if_none_match = request.headers.get("If-None-Match")
+        matched = etag_matches(if_none_match, job.etag)
+        if wait and not job.terminal and (matched or not if_none_match) and self.wait_for_change(job, wait):
+            return self.detail_response(self.get_job(pk))
+        if matched:
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers=self.job_headers(job))
         return self.detail_response(job)
+
+    def wait_for_change(self, job: Job, seconds: int) -> bool:
+        """Hold the request until the job's version moves (True) or ``seconds`` pass (False).
+
+        Each check is one primary-key read in autocommit, so no transaction (and no snapshot, no
+        lock) is held between checks; a job deleted or hidden meanwhile counts as a change, and
+        the re-read that follows answers 404.
+        """
+        versions = self.get_queryset().filter(pk=job.pk).values_list("version", flat=True)
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(LONG_POLL_INTERVAL, remaining))
+            if versions.first() != job.version:
+                return True
+        return False
 
     @extend_schema(
         operation_id="jobs_cancel",

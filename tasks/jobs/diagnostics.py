@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery.exceptions import Reject
@@ -15,6 +17,7 @@ from pydantic import BaseModel, Field
 from tasks.base import TrackedTask
 from tasks.errors import PermanentError, TransientError
 from tasks.registry import job
+from tasks.retry import RetryPolicy
 
 
 class SleepInput(BaseModel):
@@ -96,3 +99,44 @@ def fail(task: TrackedTask, data: FailInput) -> dict[str, int]:
                 if not data.ignore_soft_limit:
                     raise
     return {"attempt": attempt}
+
+
+class HookedInput(BaseModel):
+    mode: Literal["succeed", "permanent"] = Field("succeed", description="succeed, or fail with a permanent error.")
+    seconds: float = Field(0, ge=0, le=3600, description="Run this long first, heartbeating twice a second.")
+    hook_failures: int = Field(0, ge=0, le=100, description="The on_terminal hook raises on its first N runs.")
+
+
+def record_terminal(job: Any) -> None:
+    """on_terminal hook: write the job's final state to MEDIA_ROOT/diagnostics/terminal/<job id>.json.
+
+    Idempotent, as every hook must be: a second run rewrites the same file with the same state.
+    """
+    if job.terminal_hook_attempts <= int(job.payload.get("hook_failures", 0)):
+        raise RuntimeError(f"on_terminal drill: failing run {job.terminal_hook_attempts} as told")
+    path = Path(settings.MEDIA_ROOT) / "diagnostics" / "terminal" / f"{job.pk}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"job": str(job.pk), "status": job.status, "error_type": job.error_type, "run": job.terminal_hook_attempts}
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(state))
+    partial.replace(path)
+
+
+# No retries: a lost attempt ends it (failed as lost), which is what the on_terminal drills need.
+@job(
+    "diagnostics.hooked",
+    input=HookedInput,
+    retry=RetryPolicy(max_retries=0),
+    time_limit=settings.TERMINUS_DIAGNOSTICS_TIME_LIMIT,
+    soft_time_limit=max(1, settings.TERMINUS_DIAGNOSTICS_TIME_LIMIT - 1),
+    on_terminal=record_terminal,
+)
+def hooked(task: TrackedTask, data: HookedInput) -> dict[str, float]:
+    """Run ``seconds`` then succeed or fail; its on_terminal hook records how it ended (idempotent)."""
+    started = time.monotonic()
+    while (remaining := started + data.seconds - time.monotonic()) > 0:
+        time.sleep(min(remaining, 0.5))
+        task.heartbeat()
+    if data.mode == "permanent":
+        raise PermanentError("diagnostics.hooked failing as told")
+    return {"ran": round(time.monotonic() - started, 3)}

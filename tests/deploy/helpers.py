@@ -136,6 +136,18 @@ def default_queues() -> list[str]:
     return list(settings_default("TERMINUS_QUEUES"))
 
 
+def ops_queues() -> list[str]:
+    """Queues every deployment must consume besides the job queues: final failures and the crons."""
+    from tasks.dead_letter import DEAD_LETTER_QUEUE
+
+    return [DEAD_LETTER_QUEUE, str(settings_default("TERMINUS_CRON_QUEUE"))]
+
+
+def consumed(worker_queues: list[str]) -> list[str]:
+    """Every queue named by a list of WORKER_QUEUES values ("dead_letter,crons" is two)."""
+    return sorted(queue for value in worker_queues for queue in value.split(","))
+
+
 def seconds(duration: str | int) -> float:
     """A Compose / systemd duration ("1h1m40s", "3700s", "90", 3700) in seconds."""
     if isinstance(duration, int):

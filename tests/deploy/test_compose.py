@@ -21,16 +21,20 @@ from tests.deploy.helpers import (
     IMAGE_DEPLOY,
     ROOT,
     active_env_example,
+    consumed,
     default_queues,
     env_example,
     max_time_limit,
+    ops_queues,
     run,
     seconds,
     tool,
     unknown_env_names,
 )
 
-APP_SERVICES = {"web", "worker", "worker-slow", "beat"}
+APP_SERVICES = {"web", "worker", "worker-slow", "worker-dead-letter", "beat"}
+WORKER_QUEUES = {"worker": "default", "worker-slow": "slow", "worker-dead-letter": "dead_letter,crons"}
+README = ROOT / "README.md"
 SERVICES = APP_SERVICES | {"postgres", "redis", "flower", "rabbitmq"}
 # The third-party images' own server commands.
 THIRD_PARTY_COMMANDS = {"redis": "redis-server"}
@@ -176,7 +180,7 @@ def test_there_is_exactly_one_beat(services: dict[str, dict[str, Any]]) -> None:
 def test_workers_outlive_the_longest_job(services: dict[str, dict[str, Any]]) -> None:
     """SIGTERM is a warm shutdown; Docker SIGKILLs after stop_grace_period (default 10 s)."""
     workers = services_running(services, "start-worker.sh")
-    assert set(workers) == {"worker", "worker-slow"}
+    assert set(workers) == set(WORKER_QUEUES)
     for name, worker in workers.items():
         assert worker.get("stop_signal", "SIGTERM") == "SIGTERM", name
         grace = seconds(worker.get("stop_grace_period", "10s"))
@@ -186,9 +190,12 @@ def test_workers_outlive_the_longest_job(services: dict[str, dict[str, Any]]) ->
 def test_each_queue_has_its_own_worker_service(services: dict[str, dict[str, Any]]) -> None:
     workers = services_running(services, "start-worker.sh")
     queues = {name: worker["environment"]["WORKER_QUEUES"] for name, worker in workers.items()}
-    assert queues == {"worker": "default", "worker-slow": "slow"}
+    assert queues == WORKER_QUEUES
     configured = active_env_example().get("TERMINUS_QUEUES", ",".join(default_queues())).split(",")
-    assert sorted(queues.values()) == sorted(configured), "every configured queue needs a consumer"
+    # Every configured queue needs a consumer, and so do final failures and the crons.
+    assert consumed(list(queues.values())) == sorted([*configured, *ops_queues()])
+    for name, worker in workers.items():
+        assert worker["environment"]["TERMINUS_WORKER_METRICS_PORT"] == "9808", name
 
 
 def test_only_web_runs_migrations(services: dict[str, dict[str, Any]]) -> None:
@@ -230,3 +237,46 @@ def test_env_example_configures_production_against_the_compose_services() -> Non
     assert password == env["POSTGRES_PASSWORD"], "DATABASE_URL's password must match POSTGRES_PASSWORD"
     # deploy/healthcheck.py sends Host: localhost.
     assert "localhost" in env["ALLOWED_HOSTS"].split(",")
+
+
+def header_commands() -> list[str]:
+    """The commands in docker-compose.yml's header comment (lines "#   <command>")."""
+    return [line[4:].strip() for line in COMPOSE_FILE.read_text().splitlines() if line.startswith("#   ")]
+
+
+def readme_compose_commands() -> list[str]:
+    """The commands of the README's "Deploying with Docker Compose" code block."""
+    text = README.read_text()
+    section = text.split("## Deploying with Docker Compose", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.DOTALL).group(1)
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_the_readme_documents_exactly_the_compose_files_commands(services: dict[str, dict[str, Any]]) -> None:
+    commands = header_commands()
+    assert commands == readme_compose_commands()
+    assert any(c.startswith("docker compose up -d --build") for c in commands)
+    profiles = {profile for service in services.values() for profile in service.get("profiles", [])}
+    for command in commands:
+        for scaled in re.findall(r"--scale (\S+)=\d+", command):
+            assert scaled in services and scaled != "beat", command
+        for profile in re.findall(r"--profile (\S+)", command):
+            assert profile in profiles, command
+        if match := re.match(r"docker compose logs -f (\S+)$", command):
+            assert match.group(1) in services, command
+        if command.startswith("curl "):
+            port = re.search(r"localhost:(\d+)/", command).group(1)
+            assert f"{port}:{port}" in [str(p) for p in services["web"]["ports"]], command
+
+
+def test_the_web_healthcheck_waits_for_the_database_not_for_the_workers_that_wait_for_it() -> None:
+    """Workers and beat depend on web being healthy: web's check must not need them (a deadlock)."""
+    from tasks.health import CHECKS
+
+    source = (DEPLOY / "healthcheck.py").read_text()
+    path = re.search(r"HEALTHCHECK_PATH\", \"([^\"]+)\"", source).group(1)
+    assert path.startswith("/readyz?check=")
+    checks = path.split("=", 1)[1].split(",")
+    assert set(checks) <= set(CHECKS) and "workers" not in checks and "beat" not in checks
+    routes = set(re.findall(r"""path\(\s*["']([^"']*)["']""", (ROOT / "project" / "urls.py").read_text()))
+    assert "readyz" in routes

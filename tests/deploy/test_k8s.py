@@ -7,27 +7,34 @@ server. We validate against the oldest release we support and the newest the pac
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
+import jsonschema
 import pytest
 import yaml
 
+from tasks.health import CHECKS as HEALTH_CHECKS
 from tests.deploy.helpers import (
     DEPLOY,
     DOCKERFILE,
     IMAGE_DEPLOY,
     K8S,
     ROOT,
+    consumed,
     default_queues,
     k8s_configmap,
     k8s_documents,
     max_time_limit,
+    ops_queues,
     run,
     tool,
     unknown_env_names,
 )
+from tests.deploy.keda_schema import SCHEMAS as KEDA_SCHEMAS
 
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 KUSTOMIZATION = K8S / "kustomization.yaml"
@@ -39,8 +46,26 @@ def validate(*paths: Path) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
+KEDA_API = "keda.sh/v1alpha1"
+KEDA_FILE = K8S / "worker-autoscaling.yaml"
+
+
 def manifests() -> list[Path]:
     return sorted(path for path in K8S.glob("*.yaml") if path != KUSTOMIZATION)
+
+
+def builtin_manifests() -> list[Path]:
+    """The manifests of built-in kinds, which kubernetes-validate knows (KEDA's are checked below)."""
+    return [path for path in manifests() if path != KEDA_FILE]
+
+
+def keda_documents() -> list[dict[str, Any]]:
+    return [doc for path, doc in k8s_documents() if doc.get("apiVersion") == KEDA_API]
+
+
+def app_secret() -> dict[str, Any]:
+    (secret,) = [doc for doc in objects("Secret") if doc["metadata"]["name"] == "terminus-secrets"]
+    return secret
 
 
 def objects(kind: str, component: str | None = None) -> list[dict[str, Any]]:
@@ -70,12 +95,45 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
 
 
 def test_every_manifest_validates_strictly() -> None:
-    returncode, output = validate(*manifests())
+    returncode, output = validate(*builtin_manifests())
     assert returncode == 0, output
     # kubernetes-validate only warns (exit 0) about a kind it has no schema for: refuse that too.
     assert not re.search(r"^(WARN|ERROR|FATAL)", output, re.MULTILINE), output
     passed = len(re.findall(r"^INFO .* passed for resource", output, re.MULTILINE))
-    assert passed == len(KUBERNETES_VERSIONS) * len([d for p, d in k8s_documents() if p != KUSTOMIZATION])
+    builtin = [d for p, d in k8s_documents() if p != KUSTOMIZATION and d.get("apiVersion") != KEDA_API]
+    assert passed == len(KUBERNETES_VERSIONS) * len(builtin)
+    # Every KEDA object lives in worker-autoscaling.yaml, and nothing else does.
+    assert {d["apiVersion"] for p, d in k8s_documents() if p == KEDA_FILE} == {KEDA_API}
+    assert all(path == KEDA_FILE for path, doc in k8s_documents() if doc.get("apiVersion") == KEDA_API)
+
+
+def keda_errors(doc: dict[str, Any]) -> list[str]:
+    validator = jsonschema.Draft202012Validator(KEDA_SCHEMAS[doc["kind"]])
+    return ["/".join(map(str, e.absolute_path)) + f": {e.message}" for e in validator.iter_errors(doc)]
+
+
+def test_keda_objects_match_kedas_schema() -> None:
+    docs = keda_documents()
+    assert {doc["kind"] for doc in docs} == {"ScaledObject", "TriggerAuthentication"}
+    for doc in docs:
+        assert keda_errors(doc) == [], doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("breakage", "expected"),
+    [
+        pytest.param(lambda d: d["spec"].update(minReplicas=1), "minReplicas", id="hpa-field-in-keda"),
+        pytest.param(lambda d: d["spec"]["triggers"][0]["metadata"].update(listLength=10), "listLength", id="not-str"),
+        pytest.param(lambda d: d["spec"]["triggers"][0]["metadata"].update(queue="x"), "queue", id="misspelt-key"),
+        pytest.param(lambda d: d["spec"].update(maxReplicaCount="ten"), "maxReplicaCount", id="count-not-int"),
+    ],
+)
+def test_a_broken_scaled_object_fails_the_keda_schema(breakage: Any, expected: str) -> None:
+    """The check is live: a ScaledObject with one mistake is rejected, naming the mistake."""
+    broken = copy.deepcopy(next(doc for doc in keda_documents() if doc["kind"] == "ScaledObject"))
+    breakage(broken)
+    errors = keda_errors(broken)
+    assert errors and expected in " ".join(errors), errors
 
 
 @pytest.mark.parametrize(
@@ -118,7 +176,9 @@ def test_beat_is_a_single_replica_that_is_recreated() -> None:
     assert beat["spec"]["strategy"] == {"type": "Recreate"}, "a rolling update would run two beats"
     (container,) = beat["spec"]["template"]["spec"]["containers"]
     assert container["args"] == [f"{IMAGE_DEPLOY}start-beat.sh"]
-    targets = {hpa["spec"]["scaleTargetRef"]["name"] for hpa in objects("HorizontalPodAutoscaler")}
+    targets = {
+        o["spec"]["scaleTargetRef"]["name"] for o in objects("HorizontalPodAutoscaler") + objects("ScaledObject")
+    }
     assert beat["metadata"]["name"] not in targets, "never autoscale beat"
     beats = [name for name, c in containers() if c.get("args") == [f"{IMAGE_DEPLOY}start-beat.sh"]]
     assert len(beats) == 1
@@ -133,25 +193,60 @@ def test_workers_outlive_the_longest_job() -> None:
         assert grace > max_time_limit(), f"{worker['metadata']['name']}: {grace} <= {max_time_limit()}"
 
 
-def test_one_worker_deployment_per_queue_each_with_an_autoscaler() -> None:
+def test_one_worker_deployment_per_queue_each_scaled_by_keda_on_its_queue_depth() -> None:
     workers = objects("Deployment", "worker")
     queues = {}
     for worker in workers:
         (container,) = worker["spec"]["template"]["spec"]["containers"]
         assert container["args"] == [f"{IMAGE_DEPLOY}start-worker.sh"]
         queues[worker["metadata"]["name"]] = env_of(container)["WORKER_QUEUES"]
-        assert "replicas" not in worker["spec"], "the HPA owns the replica count"
+        assert "replicas" not in worker["spec"], "KEDA owns the replica count"
     configured = k8s_configmap().get("TERMINUS_QUEUES", ",".join(default_queues())).split(",")
-    assert sorted(queues.values()) == sorted(configured) == sorted(default_queues())
+    assert sorted(configured) == sorted(default_queues())
+    # Every configured queue has a consumer, and so do final failures and the crons.
+    assert consumed(list(queues.values())) == sorted([*configured, *ops_queues()])
 
-    hpas = objects("HorizontalPodAutoscaler")
-    assert {hpa["spec"]["scaleTargetRef"]["name"] for hpa in hpas} == set(queues)
-    for hpa in hpas:
-        assert hpa["apiVersion"] == "autoscaling/v2"
-        assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
-        assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
-        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
-    assert not [d for _, d in k8s_documents() if "keda.sh" in d.get("apiVersion", "")], "KEDA comes later"
+    # KEDA creates the HPA of each scaled Deployment: a CPU HPA next to it would fight it.
+    assert objects("HorizontalPodAutoscaler") == []
+    scaled = {o["spec"]["scaleTargetRef"]["name"]: o for o in objects("ScaledObject")}
+    assert set(scaled) == set(queues), "exactly one ScaledObject per worker Deployment"
+    (auth,) = objects("TriggerAuthentication")
+    for name, scaler in scaled.items():
+        spec = scaler["spec"]
+        assert spec["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
+        assert spec["scaleTargetRef"].get("apiVersion", "apps/v1") == "apps/v1"
+        assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"], f"{name}: never scale a queue to zero"
+        (trigger,) = spec["triggers"]
+        assert trigger["type"] == "redis"
+        assert trigger["metadata"]["listName"] == queues[name].split(",")[0], f"{name} scales on another queue"
+        assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+        scale_down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+        assert scale_down["stabilizationWindowSeconds"] >= 300, f"{name}: scale-down drains jobs; keep it slow"
+
+
+def test_keda_reads_the_broker_the_workers_use() -> None:
+    """KEDA's Redis address and database index are those of CELERY_BROKER_URL."""
+    broker = urlparse(app_secret()["stringData"]["CELERY_BROKER_URL"])
+    assert broker.scheme == "redis"
+    (keda_secret,) = [doc for doc in objects("Secret") if doc["metadata"]["name"] == "terminus-keda-redis"]
+    assert keda_secret["stringData"]["address"] == f"{broker.hostname}:{broker.port}"
+    (auth,) = objects("TriggerAuthentication")
+    refs = {ref["parameter"]: (ref["name"], ref["key"]) for ref in auth["spec"]["secretTargetRef"]}
+    assert refs == {"address": ("terminus-keda-redis", "address"), "password": ("terminus-keda-redis", "password")}
+    for scaler in objects("ScaledObject"):
+        assert scaler["spec"]["triggers"][0]["metadata"]["databaseIndex"] == (broker.path.strip("/") or "0")
+
+
+def test_workers_serve_their_metrics_on_a_named_port() -> None:
+    for worker in objects("Deployment", "worker"):
+        template = worker["spec"]["template"]
+        (container,) = template["spec"]["containers"]
+        env = env_of(container)
+        port = int(env["TERMINUS_WORKER_METRICS_PORT"])
+        assert {"name": "metrics", "containerPort": port} in container["ports"]
+        assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+        mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
+        assert any(env["PROMETHEUS_MULTIPROC_DIR"].startswith(path + "/") for path in mounts), "read-only root"
 
 
 def test_web_probes_hit_routed_health_endpoints_with_an_allowed_host() -> None:
@@ -161,14 +256,18 @@ def test_web_probes_hit_routed_health_endpoints_with_an_allowed_host() -> None:
     allowed_hosts = k8s_configmap()["ALLOWED_HOSTS"].split(",")
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         http = container[probe]["httpGet"]
-        assert http["path"].lstrip("/") in routes, f"{probe}: {http['path']} is not routed in project/urls.py"
+        path = urlparse(http["path"]).path
+        assert path.lstrip("/") in routes, f"{probe}: {http['path']} is not routed in project/urls.py"
         assert http["port"] == "http"
         hosts = [h["value"] for h in http.get("httpHeaders", []) if h["name"].lower() == "host"]
         assert hosts and hosts[0] in allowed_hosts, f"{probe}: Django answers 400 unless Host is allowed"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    # Readiness moves to /readyz as soon as project/urls.py routes it.
-    expected = "/readyz" if "readyz" in routes else "/healthz"
-    assert container["readinessProbe"]["httpGet"]["path"] == expected
+    # Readiness: /readyz, restricted to what the API needs to take jobs (the database), so a grown
+    # DLQ or a stopped beat never takes every web pod out of the Service.
+    readiness = urlparse(container["readinessProbe"]["httpGet"]["path"])
+    assert readiness.path == "/readyz"
+    checks = parse_qs(readiness.query)["check"][0].split(",")
+    assert checks == ["database"] and set(checks) <= set(HEALTH_CHECKS)
     (service,) = objects("Service")
     assert service["spec"]["selector"] == web["spec"]["selector"]["matchLabels"]
     assert service["spec"]["ports"][0]["targetPort"] == "http"
@@ -217,7 +316,7 @@ def test_commands_are_deploy_scripts_or_manage_py() -> None:
 
 
 def test_config_and_secret_keys_are_read_by_settings_or_a_deploy_script() -> None:
-    (secret,) = objects("Secret")
+    secret = app_secret()
     keys = list(k8s_configmap()) + list(secret["stringData"])
     keys += [item["name"] for _, container in containers() for item in container.get("env", [])]
     assert not unknown_env_names(keys), unknown_env_names(keys)
@@ -225,6 +324,8 @@ def test_config_and_secret_keys_are_read_by_settings_or_a_deploy_script() -> Non
     assert {"SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL"} <= set(secret["stringData"])
     for key, value in secret["stringData"].items():
         assert value == "" or "CHANGE-ME" in value, f"{key}: the Secret holds placeholders only"
+    for other in objects("Secret"):
+        assert other["stringData"].get("password", "CHANGE-ME") == "CHANGE-ME", other["metadata"]["name"]
     for _, container in containers():
         refs = [next(iter(ref.values()))["name"] for ref in container["envFrom"]]
         assert refs == ["terminus-config", secret["metadata"]["name"]]

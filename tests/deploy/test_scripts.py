@@ -168,14 +168,14 @@ def start_role(tmp_path: Path) -> Iterator[Callable[..., Role]]:
         role.kill()
 
 
-def test_web_migrates_serves_healthz_and_stops_on_sigterm(start_role: Callable[..., Role], tmp_path: Path) -> None:
+def test_web_migrates_turns_ready_and_stops_on_sigterm(start_role: Callable[..., Role], tmp_path: Path) -> None:
     port = str(free_port())
     web = start_role("start-web.sh", RUN_MIGRATIONS="1", PORT=port, GUNICORN_WORKERS="1")
-    assert web.wait_healthy("web").strip() == "healthy: /healthz ok"
+    assert web.wait_healthy("web").strip() == "healthy: /readyz?check=database ok"
     log = web.log()
     assert "Applying results.0001_initial... OK" in log
     assert f"Listening at: http://0.0.0.0:{port}" in log
-    assert '"GET /healthz HTTP/1.1" 200' in log, "the access log goes to stdout"
+    assert '"GET /readyz?check=database HTTP/1.1" 200' in log, "the access log goes to stdout"
     assert web.terminate() == 0, web.log()
     assert (tmp_path / "terminus.sqlite3").exists()
 

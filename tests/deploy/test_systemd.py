@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.helpers import DEPLOY, SYSTEMD, max_time_limit, run, seconds
+from tests.deploy.helpers import DEPLOY, SYSTEMD, default_queues, max_time_limit, ops_queues, run, seconds
 
 UNITS = {
     "terminus-web.service": "start-web.sh",
@@ -114,3 +114,18 @@ def test_only_the_web_unit_migrates() -> None:
     assert environment("terminus-web.service").get("RUN_MIGRATIONS") == "1"
     for name in ("terminus-worker@.service", "terminus-beat.service"):
         assert environment(name).get("RUN_MIGRATIONS", "0") == "0", name
+
+
+def test_web_and_workers_share_one_metrics_directory_in_their_state_directory() -> None:
+    """Workers count attempt events there (a subdirectory each); web's /metrics adds them up."""
+    web, worker = environment("terminus-web.service"), environment("terminus-worker@.service")
+    assert web["PROMETHEUS_MULTIPROC_DIR"] == worker["PROMETHEUS_MULTIPROC_DIR"]
+    for name in ("terminus-web.service", "terminus-worker@.service"):
+        state = unit(name)["Service"]["StateDirectory"][0]
+        assert web["PROMETHEUS_MULTIPROC_DIR"].startswith(f"/var/lib/{state}/"), "writable under ProtectSystem=strict"
+
+
+def test_the_install_line_starts_a_worker_for_every_queue_the_dead_letters_and_the_crons() -> None:
+    text = (SYSTEMD / "terminus-web.service").read_text()
+    for queue in [*default_queues(), *ops_queues()]:
+        assert f"terminus-worker@{queue}" in text, queue

@@ -1,0 +1,322 @@
+"""The reaper: no job stays non-terminal forever, even when its message or its worker is lost.
+
+Every minute (tasks/schedule.py) it drives each stuck job one step, each decision one guarded
+UPDATE (on the status, and on the version it read), so two reapers, or a reaper racing a late
+worker, never both win:
+
+- open past ``terminal_by`` -> failed ``deadline_exceeded``, dead-lettered (index job_open_deadline);
+- running with no heartbeat for its hard time limit + TERMINUS_REAPER_GRACE -> the attempt is lost:
+  retrying and re-dispatched while attempts remain, else failed ``lost`` and dead-lettered
+  (job_status_created: running jobs are few);
+- retrying, ``next_retry_at`` TERMINUS_REAPER_RETRY_AFTER past -> re-dispatched (job_retry_due);
+- queued, never published (broker down at submit) -> dispatched (job_undispatched);
+- queued, published, due long ago and never started although its queue consumed a later canary
+  (the message is gone) -> re-dispatched (job_open_deadline);
+- failed, never dead-lettered (broker down at the time) -> dead letter published
+  (job_dead_letter_pending);
+- terminal with its on_terminal hook pending -> hook run (job_hook_pending);
+- a cron run whose worker died -> failed ``lost`` and alerted (cronrun_running).
+
+Re-dispatching publishes the job again with its own id, so the claim in TrackedTask.before_start
+makes a duplicate harmless: a terminal job is not run again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import F, Q
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from results.models import TERMINAL_STATUSES, DeadLetterReason, HookState, Job, QueueCanary, Status
+
+from .crons import close_stale_runs, cron
+from .dead_letter import dead_letter_job, reason_for
+from .hooks import run_terminal_hook
+from .registry import get_job_type, job_types
+from .submit import dispatch
+
+logger = logging.getLogger(__name__)
+
+
+class ReaperErrors(Exception):
+    """Some rows could not be handled this tick (the others were); the run is recorded as failed."""
+
+
+@dataclass
+class Pass:
+    """One reaper pass: the errors met so far, and whether the broker has refused a publish."""
+
+    errors: list[str] = field(default_factory=list)
+    broker_down: bool = False
+
+    def guard(self, what: str, job_id: Any, fn: Any) -> Any:
+        """Handle one row; its exception is collected so the other rows (and steps) still run."""
+        try:
+            return fn()
+        except Exception as exc:
+            logger.exception("reaper: %s of job %s failed", what, job_id)
+            self.errors.append(f"{what} {job_id}: {type(exc).__name__}: {exc}")
+            return None
+
+    def publish(self, what: str, job_id: Any, fn: Any) -> bool:
+        """Publish unless the broker already refused this pass (a refused row is retried next tick)."""
+        if self.broker_down:
+            return False
+        if self.guard(what, job_id, fn):
+            return True
+        self.broker_down = True
+        return False
+
+    def dead_letter(self, job_id: Any, reason: str) -> bool:
+        """Publish a failed job's dead letter; one left unpublished is published by a later tick."""
+        if self.broker_down:
+            return False
+        if dead_letter_job(job_id, reason=reason):
+            return True
+        self.broker_down = True
+        return False
+
+
+@cron("reaper")
+def reap() -> dict[str, int]:
+    """One pass over every way a job can get stuck; counts what it did."""
+    this = Pass()
+    counts = {
+        "deadline_exceeded": fail_past_deadline(this),
+        **reap_lost_running(this),
+        "retries_redispatched": redispatch_overdue_retries(this),
+        "undispatched_dispatched": dispatch_undispatched(this),
+        "queued_redispatched": redispatch_lost_queued(this),
+        "dead_letters_published": publish_missing_dead_letters(this),
+        **run_pending_hooks(this),
+        "cron_runs_lost": close_stale_runs(),
+    }
+    if this.errors:
+        raise ReaperErrors(f"{len(this.errors)} rows failed ({counts}): " + "; ".join(this.errors[:10]))
+    return counts
+
+
+def _batch() -> int:
+    return settings.TERMINUS_REAPER_BATCH
+
+
+# -- deadline -------------------------------------------------------------------------------------
+def fail_past_deadline(this: Pass) -> int:
+    """Open jobs past terminal_by fail as deadline_exceeded, with or without a worker to run them."""
+    failed = 0
+    rows = Job.objects.past_deadline().order_by("terminal_by").values_list("pk", "type", "terminal_by")[: _batch()]
+    for pk, type_name, deadline in rows:
+
+        def fail(pk: Any = pk, deadline: datetime = deadline) -> bool:
+            return Job(pk=pk).mark_failed(
+                error_type="deadline_exceeded",
+                error_message=f"not terminal by its deadline ({deadline.isoformat()}): failed by the reaper",
+            )
+
+        if this.guard("deadline", pk, fail):
+            failed += 1
+            logger.error("job %s (%s) failed: deadline %s exceeded", pk, type_name, deadline)
+            _after_failure(this, pk, type_name, DeadLetterReason.DEADLINE_EXCEEDED)
+    return failed
+
+
+def _after_failure(this: Pass, pk: Any, type_name: str, reason: str) -> None:
+    """What the reaper owes a job it failed: the dead letter (so a human hears of it), then its hook."""
+    this.guard("dead letter", pk, lambda: this.dead_letter(pk, reason))
+    this.guard("on_terminal hook", pk, lambda: run_terminal_hook(pk, type_name=type_name))
+
+
+# -- running, but its worker is gone --------------------------------------------------------------
+def reap_lost_running(this: Pass) -> dict[str, int]:
+    """Running jobs with no heartbeat for their hard time limit plus TERMINUS_REAPER_GRACE are lost.
+
+    No live attempt outlives its hard time limit, so such an attempt's worker is gone (killed, its
+    host vanished, or its final write never landed). Attempts remain when the job has not used its
+    retry budget (a lost attempt counts, as Celery's task_retry_on_worker_lost counts it) and has
+    been lost fewer than TERMINUS_MAX_LOST_DELIVERIES times.
+    """
+    requeued = failed = 0
+    now = timezone.now()
+    running = Job.objects.filter(status=Status.RUNNING)
+    # Few distinct limits (one per job type): one cheap query each, with the cutoff computed here
+    # the same way on every database.
+    for limit in running.order_by().values_list("time_limit", flat=True).distinct():
+        stale_before = now - timedelta(seconds=limit + settings.TERMINUS_REAPER_GRACE)
+        stale = running.filter(time_limit=limit).filter(
+            Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True, started_at__lt=stale_before)
+        )
+        for job in stale.order_by("heartbeat_at")[: _batch()]:
+            retry = job.attempts <= job.max_retries and job.lost_deliveries + 1 < settings.TERMINUS_MAX_LOST_DELIVERIES
+
+            def verdict(job: Job = job, retry: bool = retry, stale_before: datetime = stale_before) -> bool:
+                return job.reap_lost(seen_version=job.version, stale_before=stale_before, retry=retry)
+
+            if not this.guard("lost", job.pk, verdict):
+                continue
+            if retry:
+                # Retrying, due now; if this publish does not happen the overdue-retry step does it.
+                requeued += 1
+                logger.warning("job %s (%s): its worker was lost; running it again", job.pk, job.type)
+                this.publish("re-dispatch", job.pk, lambda job=job: publish(job, retries=job.attempts))
+            else:
+                failed += 1
+                logger.error("job %s (%s) failed: its worker was lost and no attempts remain", job.pk, job.type)
+                _after_failure(this, job.pk, job.type, DeadLetterReason.LOST)
+    return {"lost_requeued": requeued, "lost_failed": failed}
+
+
+# -- retrying, but the retry message is gone ------------------------------------------------------
+def redispatch_overdue_retries(this: Pass) -> int:
+    """Retrying jobs whose next attempt is TERMINUS_REAPER_RETRY_AFTER overdue are published again."""
+    done = 0
+    cutoff = timezone.now() - timedelta(seconds=settings.TERMINUS_REAPER_RETRY_AFTER)
+    for job in Job.objects.filter(status=Status.RETRYING, next_retry_at__lt=cutoff).order_by("next_retry_at")[
+        : _batch()
+    ]:
+        if this.broker_down:
+            break  # the rest waits for the next tick
+        if not _claim(job, status=Status.RETRYING, next_retry_at=Now()):
+            continue
+        if not this.publish("re-dispatch", job.pk, lambda job=job: publish(job, retries=job.attempts)):
+            break
+        done += 1
+        logger.warning("job %s (%s): retry %s was overdue; published again", job.pk, job.type, job.attempts)
+    return done
+
+
+# -- queued, but never published, or published and lost -------------------------------------------
+def dispatch_undispatched(this: Pass) -> int:
+    """Queued jobs whose message never reached the broker (it was down at submit) are published now."""
+    done = 0
+    cutoff = timezone.now() - timedelta(seconds=settings.TERMINUS_REAPER_UNDISPATCHED_AFTER)
+    pending = Job.objects.filter(status=Status.QUEUED, dispatched_at__isnull=True, created_at__lt=cutoff)
+    for job in pending.order_by("created_at")[: _batch()]:
+        if this.broker_down:
+            break
+        if not _claim(job, status=Status.QUEUED, dispatched_at__isnull=True):
+            continue
+        due = due_at(job)
+        if due is None:  # a type no longer registered: failed and dead-lettered, nothing to publish
+            this.guard("dispatch", job.pk, lambda job=job: publish(job, retries=0))
+            continue
+        countdown = max(0.0, (due - timezone.now()).total_seconds())
+        if not this.publish("dispatch", job.pk, lambda job=job, c=countdown: dispatch(job, countdown=c or None)):
+            break  # the broker is still down
+        done += 1
+        logger.info("job %s (%s): published by the reaper (the broker was down at submit)", job.pk, job.type)
+    return done
+
+
+def redispatch_lost_queued(this: Pass) -> int:
+    """Queued jobs published long ago that never started, though their queue has moved past them.
+
+    "Moved past" is what the canaries prove (tasks/health.py): the queue consumed a canary published
+    after the job was due, so in a FIFO queue the job's message is gone (a Redis restart without
+    persistence, a purge). A queue in a backlog, or with no consumer at all, has consumed no such
+    canary: its jobs are left alone (the deadline still ends them).
+    """
+    done = 0
+    now = timezone.now()
+    min_age = now - timedelta(seconds=settings.TERMINUS_REAPER_QUEUED_AFTER)
+    canaries = QueueCanary.objects.filter(last_consumed_sent_at__isnull=False).values_list(
+        "queue", "last_consumed_sent_at"
+    )
+    budgets = {name: job_type.deadline_budget(0) for name, job_type in job_types().items()}
+    if not budgets:
+        return 0
+    for queue, consumed_sent_at in canaries:
+        horizon = min(min_age, consumed_sent_at)
+        # due_at = terminal_by - budget(type) (see due_at): one range per type on job_open_deadline.
+        due = Q()
+        for name, budget in budgets.items():
+            due |= Q(type=name, terminal_by__lt=horizon + timedelta(seconds=budget))
+        lost = Job.objects.filter(due, status=Status.QUEUED, queue=queue, dispatched_at__lt=min_age)
+        for job in lost.order_by("terminal_by")[: _batch()]:
+            if this.broker_down:
+                return done
+            if not _claim(job, status=Status.QUEUED, dispatched_at=Now()):
+                continue
+            if not this.publish("re-dispatch", job.pk, lambda job=job: dispatch(job)):
+                return done  # the broker is down
+            done += 1
+            logger.warning("job %s (%s): its message was lost from queue %s; published again", job.pk, job.type, queue)
+    return done
+
+
+def due_at(job: Job) -> datetime | None:
+    """When the job's message was due to start (submit time plus its countdown), from its deadline.
+
+    ``terminal_by`` is submit time + countdown + the type's deadline budget, so the countdown needs
+    no column of its own. None for a type no longer registered.
+    """
+    job_type = get_job_type(job.type)
+    if job_type is None:
+        return None
+    return job.terminal_by - timedelta(seconds=job_type.deadline_budget(0))
+
+
+def _claim(job: Job, *, status: str, **changes: Any) -> bool:
+    """Take a re-dispatch decision on the version read: True for exactly one reaper."""
+    guard = {key: value for key, value in changes.items() if key.endswith("__isnull")}
+    fields = {key: value for key, value in changes.items() if not key.endswith("__isnull")}
+    return (
+        Job.objects.filter(pk=job.pk, status=status, version=job.version, **guard).update(
+            version=F("version") + 1, updated_at=Now(), **fields
+        )
+        == 1
+    )
+
+
+def publish(job: Job, *, retries: int) -> bool:
+    """Publish a job's message again (same id), as its attempt number ``retries + 1``."""
+    job_type = get_job_type(job.type)
+    if job_type is None:  # a type removed from the code while jobs of it were waiting
+        if Job(pk=job.pk).mark_failed(
+            error_type="unknown_job_type", error_message=f"job type {job.type!r} is not registered"
+        ):
+            dead_letter_job(job.pk, reason=DeadLetterReason.NON_RETRYABLE)
+        return True
+    job_type.task.apply_async(
+        kwargs=job.payload,
+        task_id=str(job.pk),
+        queue=job.queue,
+        retries=retries,
+        headers={"correlation_id": job.correlation_id},
+    )
+    return True
+
+
+# -- failed, but no human heard of it yet ---------------------------------------------------------
+def publish_missing_dead_letters(this: Pass) -> int:
+    """Failed jobs whose dead letter never reached the queue (broker down at the time) are published."""
+    done = 0
+    cutoff = timezone.now() - timedelta(seconds=60)
+    rows = (
+        Job.objects.filter(status=Status.FAILED, dead_lettered_at__isnull=True, finished_at__lt=cutoff)
+        .order_by("finished_at")
+        .values_list("pk", "error_type", "attempts")[: _batch()]
+    )
+    for pk, error_type, attempts in rows:
+        reason = reason_for(error_type, retryable=attempts > 1)
+        if not this.guard("dead letter", pk, lambda pk=pk, reason=reason: this.dead_letter(pk, reason)):
+            break  # the broker is still down
+        done += 1
+    return done
+
+
+# -- terminal, but the on_terminal hook has not completed -----------------------------------------
+def run_pending_hooks(this: Pass) -> dict[str, int]:
+    """Run the on_terminal hooks still pending: after an API cancel, a hook that raised, a crash."""
+    ran = failed = 0
+    pending = Job.objects.filter(terminal_hook=HookState.PENDING, status__in=sorted(TERMINAL_STATUSES))
+    for pk in pending.order_by("finished_at").values_list("pk", flat=True)[: _batch()]:
+        outcome = this.guard("on_terminal hook", pk, lambda pk=pk: run_terminal_hook(pk))
+        ran += outcome is True
+        failed += outcome is False
+    return {"hooks_run": ran, "hooks_failed": failed}
