@@ -286,9 +286,9 @@ def dispatch_many(jobs: list[Job], *, countdowns: dict[Any, int | None] | None =
             exc_info=True,
         )
     for start in range(0, len(published), 1000):
-        Job.objects.filter(
-            pk__in=published[start : start + 1000], dispatched_at__isnull=True
-        ).update(dispatched_at=Now(), version=F("version") + 1, updated_at=Now())
+        Job.objects.filter(pk__in=published[start : start + 1000], dispatched_at__isnull=True).update(
+            dispatched_at=Now(), version=F("version") + 1, updated_at=Now()
+        )
     return len(published)
 
 
