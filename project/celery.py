@@ -6,8 +6,12 @@ import os
 
 from celery import Celery
 from celery.signals import setup_logging
+from kombu.transport import TRANSPORT_ALIASES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+# filesystem:// (the embedded default broker) resolves to our subclass that writes messages
+# atomically (project/broker.py); every process imports this module before it connects.
+TRANSPORT_ALIASES["filesystem"] = "project.broker:Transport"
 
 app = Celery("terminus")
 app.config_from_object("django.conf:settings", namespace="CELERY")

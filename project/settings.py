@@ -341,7 +341,6 @@ CELERY_VISIBILITY_TIMEOUT = env_int(
 if CELERY_VISIBILITY_TIMEOUT <= TERMINUS_MAX_TIME_LIMIT:
     raise ImproperlyConfigured("CELERY_VISIBILITY_TIMEOUT must exceed TERMINUS_MAX_TIME_LIMIT")
 if CELERY_BROKER_URL.startswith("filesystem"):
-    CELERY_BROKER_TRANSPORT = "project.broker:Transport"  # atomic message files (see project/broker.py)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
