@@ -308,7 +308,9 @@ class Job(models.Model):
             fields["progress_message"] = message[:200]
         return Job.objects.filter(pk=self.pk, status=Status.RUNNING).update(**fields) == 1
 
-    def mark_retrying(self, *, attempt: int, error_type: str, error_message: str, next_retry_at: datetime) -> bool:
+    def mark_retrying(
+        self, *, attempt: int | None, error_type: str, error_message: str, next_retry_at: datetime
+    ) -> bool:
         """Record a transient failure; the attempt is closed and the next one scheduled."""
         with transaction.atomic():
             won = self._transition(

@@ -122,7 +122,9 @@ class TrackedTask(DjangoTask):
 
     def on_retry(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: ExceptionInfo) -> None:
         """Record the transient failure and when the next attempt is due."""
-        when = getattr(einfo.exception, "when", None)
+        # einfo is None when Celery's main process cancels the job on a broker connection loss.
+        when = getattr(getattr(einfo, "exception", None), "when", None)
+        attempt = self.attempt if self.request.id == task_id else None
         if isinstance(when, int | float):
             next_retry_at = timezone.now() + timedelta(seconds=when)
         else:
@@ -130,7 +132,7 @@ class TrackedTask(DjangoTask):
         error_type, error_message = describe_error(exc)
         durable(
             lambda: Job(pk=task_id).mark_retrying(
-                attempt=self.attempt, error_type=error_type, error_message=error_message, next_retry_at=next_retry_at
+                attempt=attempt, error_type=error_type, error_message=error_message, next_retry_at=next_retry_at
             ),
             what=f"the retry of {task_id}",
         )
