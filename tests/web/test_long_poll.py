@@ -38,8 +38,9 @@ def api(ada: User) -> APIClient:
 
 
 @pytest.fixture
-def running_job(ada: User) -> Job:
-    job = submit("diagnostics.sleep", {"seconds": 5}, owner=ada, tenant=ada.membership.tenant)
+def running_job(ada: User, drill_queue: str) -> Job:
+    # A queue no worker consumes: the shared worker of a full run must not touch this job.
+    job = submit("diagnostics.sleep", {"seconds": 5}, owner=ada, tenant=ada.membership.tenant, queue=drill_queue)
     assert Job(pk=job.pk).mark_started(worker="w1@test")
     return Job.objects.get(pk=job.pk)
 
