@@ -158,6 +158,7 @@ def _counts() -> dict[str, int]:
     with connection.cursor() as cursor:
         cursor.execute(
             """
+            /* bench-probe: the bench's own count, not part of the cleanup */
             SELECT count(*) FILTER (WHERE status = ANY(%s) AND finished_at < now() - interval '365 days'),
                    count(*) FILTER (WHERE NOT (status = ANY(%s) AND finished_at < now() - interval '365 days')),
                    (SELECT count(*) FROM results_jobattempt)

@@ -97,12 +97,12 @@ def code_state() -> dict[str, Any]:
                 text=True,
                 timeout=10,
                 check=False,
-            ).stdout.strip()
+            ).stdout.rstrip("\n")
         except OSError:
             return ""
 
     changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
-    return {"commit": git("rev-parse", "--short", "HEAD") or "?", "changed": changed}
+    return {"commit": git("rev-parse", "--short", "HEAD").strip() or "?", "changed": changed}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def render(results: dict[str, Any], args: Any) -> tuple[str, dict[str, bool]]:
     verdicts: dict[str, bool] = {}
     rows, figures = worker_rows(results)
     if rows:
-        header = ["variant", "jobs/s (min-max)", "CPU ms/job", "commits/job", "conns", "p50 ms (runs)", "p99 ms"]
+        header = ["variant", "jobs/s (min-max)", "CPU ms/job", "xacts/job", "conns", "p50 ms (runs)", "p99 ms"]
         lines += _table(header, rows)
         lines.append("")
     checks: list[list[str]] = []
@@ -300,6 +300,10 @@ def markdown(results: dict[str, Any], args: Any, table: str) -> str:
         "```",
         "",
     ]
+    lines += [
+        'Candidate hot-path changes and what each measured: bench/README.md ("Findings on the hot path").',
+        "",
+    ]
     lines += _details(results)
     lines += ["## Method", "", "### Workers", "", workers.__doc__.split("\n\n", 1)[1].strip(), ""]
     lines += [
@@ -336,11 +340,13 @@ def _details(results: dict[str, Any]) -> list[str]:
         rows = []
         for variant, runs in throughput.items():
             for i, r in enumerate(runs, 1):
+                db_cpu = r.get("db_cpu_ms_per_job")
                 rows.append(
                     [
                         variant, i, r["jobs"], f"{r['seconds']:.2f}", f"{r['jobs_per_s']:,.0f}",
-                        f"{r['cpu_ms_per_job']:.3f}", f"{r['commits_per_job']:.2f}", r["sessions_opened"],
-                        f"{r['enqueue_jobs_per_s']:,.0f}",
+                        f"{r['cpu_ms_per_job']:.2f}", f"{r.get('main_cpu_ms_per_job', 0):.2f}",
+                        f"{r.get('child_cpu_ms_per_job', 0):.2f}", "-" if db_cpu is None else f"{db_cpu:.2f}",
+                        f"{r['commits_per_job']:.2f}", r["sessions_opened"], f"{r['enqueue_jobs_per_s']:,.0f}",
                     ]
                 )  # fmt: skip
         lines += _md_table(
@@ -350,8 +356,11 @@ def _details(results: dict[str, Any]) -> list[str]:
                 "jobs",
                 "drain s",
                 "jobs/s",
-                "CPU ms/job",
-                "commits/job",
+                "worker CPU ms/job",
+                "main",
+                "pool",
+                "PostgreSQL CPU ms/job",
+                "xacts/job",
                 "conns opened",
                 "enqueue jobs/s",
             ],
@@ -412,3 +421,40 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+def rerender(raw: str, out: str) -> None:
+    """Write the Markdown report again from a run's raw JSON (``python -m bench.report raw.json out.md``)."""
+    import ast
+    import json
+    from argparse import Namespace
+    from pathlib import Path
+
+    results = json.loads(Path(raw).read_text())
+    stored = results.get("args", {})
+
+    def value(key: str, default: Any) -> Any:
+        try:
+            return ast.literal_eval(stored[key])
+        except (KeyError, ValueError, SyntaxError):
+            return stored.get(key, default)
+
+    args = Namespace(
+        quick=value("quick", False),
+        phases=value("phases", []),
+        log_level=stored.get("log_level", "WARNING"),
+        jobs=value("jobs", "?"),
+        repeats=value("repeats", "?"),
+        latency_jobs=value("latency_jobs", "?"),
+    )
+    table, _ = render(results, args)
+    Path(out).write_text(markdown(results, args, table))
+    print(table)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m bench.report RESULTS.json RESULTS.md")
+    rerender(sys.argv[1], sys.argv[2])

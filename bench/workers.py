@@ -15,8 +15,8 @@ Method (also written to RESULTS.md):
   reaped children (psutil), before and after the drain, divided by N; also split into the main
   process and the pool children.
 - **Database work per job.** ``pg_stat_database`` deltas over the drain for the bench database:
-  committed transactions and new sessions (connections opened); and the CPU of the PostgreSQL
-  backends serving the bench database (sampled every 0.2 s from /proc, so a backend that exits
+  transactions (read-only ones included: xacts/job) and new sessions (connections opened); and
+  the CPU of the PostgreSQL backends serving the bench database (sampled every 0.2 s from /proc, so a backend that exits
   between samples loses at most 0.2 s of its CPU).
 - **Latency.** One job at a time, nothing else queued, the variants taking turns job by job
   (paired samples: each variant sees the same moments of a shared machine): submit (for Terminus

@@ -134,7 +134,8 @@ def logging_config(*, level: str, fmt: str) -> dict[str, Any]:
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "terminus"}},
         "root": {"handlers": ["console"], "level": level.upper()},
         # Django logs every 4xx/5xx through django.request and the server: keep one line each.
-        "loggers": {"django.server": {"level": "WARNING"}},
+        # celery.pool logs every task's headers and body at DEBUG: payloads must not reach logs.
+        "loggers": {"django.server": {"level": "WARNING"}, "celery.pool": {"level": "INFO"}},
     }
 
 

@@ -116,6 +116,9 @@ def long_poll_wait(request: Request) -> int:
         raise exceptions.ValidationError(
             {"wait": [f"must be a whole number of seconds, 0 or more; above {cap} counts as {cap} (got {values[0]!r})"]}
         )
+    value = value.lstrip("0") or "0"
+    if len(value) > len(str(cap)):  # thousands of digits would only waste int()'s time
+        return cap
     return min(int(value), cap)
 
 
