@@ -169,6 +169,7 @@ def run_workers(args: argparse.Namespace, results: dict[str, Any]) -> None:
         # Warm-up: every variant once (children import lazily, connections open, plans cache).
         for name in args.variant_list:
             measure(name, workers.drain, min(200, args.jobs), settle=0.2)
+        time.sleep(workers.STATS_FLUSH_WAIT)  # the warm-ups' statistics stay out of the first window
         if "throughput" in args.phases:
             runs = results.setdefault("throughput", {})
             for repeat in range(args.repeats):

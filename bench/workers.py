@@ -15,9 +15,10 @@ Method (also written to RESULTS.md):
   reaped children (psutil), before and after the drain, divided by N; also split into the main
   process and the pool children.
 - **Database work per job.** ``pg_stat_database`` deltas over the drain for the bench database:
-  transactions (read-only ones included: xacts/job) and new sessions (connections opened); and
-  the CPU of the PostgreSQL backends serving the bench database (sampled every 0.2 s from /proc, so a backend that exits
-  between samples loses at most 0.2 s of its CPU).
+  transactions (read-only ones included: xacts/job) and new sessions (connections opened), read
+  10.5 s after the drain, since PostgreSQL 15 reports an idle backend's last transactions only
+  then; and the CPU of the PostgreSQL backends serving the bench database (sampled every 0.2 s
+  from /proc, so a backend that exits between samples loses at most 0.2 s of its CPU).
 - **Latency.** One job at a time, nothing else queued, the variants taking turns job by job
   (paired samples: each variant sees the same moments of a shared machine): submit (for Terminus
   the real ``tasks.submit.submit``: record, commit, publish, mark dispatched), then wait for its
@@ -37,6 +38,9 @@ from . import env
 from .common import DONE_COUNTER, DONE_LIST, VARIANTS, percentile
 
 SUBMIT_BATCH = 1000
+#: PostgreSQL 15 flushes an idle backend's pending statistics within 10 s (PGSTAT_IDLE_INTERVAL);
+#: a drain's last transactions would otherwise be counted in the next drain's window.
+STATS_FLUSH_WAIT = 10.5
 
 
 @dataclass
@@ -138,7 +142,7 @@ def terminal_rows(variant: str) -> int:
         attempts = JobAttempt.objects.filter(outcome="succeeded").count()
         return min(jobs, attempts)
     if variant.startswith("dcr"):
-        return TaskResult.objects.filter(status="SUCCESS").count()
+        return TaskResult.objects.filter(status="SUCCESS", task_name=VARIANTS[variant][0]).count()
     return int(env.redis().get(DONE_COUNTER) or 0)
 
 
@@ -153,7 +157,7 @@ def queue_length(queue: str) -> int:
 # ---------------------------------------------------------------------------------------------
 # Measuring
 # ---------------------------------------------------------------------------------------------
-def drain(worker: env.Worker, variant: str, n: int, *, settle: float = 1.5) -> DrainRun:
+def drain(worker: env.Worker, variant: str, n: int, *, settle: float = STATS_FLUSH_WAIT) -> DrainRun:
     """Fill the variant's queue with n jobs, then let the warm worker drain it (see module doc)."""
     from django.db import connection
 
@@ -167,8 +171,8 @@ def drain(worker: env.Worker, variant: str, n: int, *, settle: float = 1.5) -> D
     enqueue_seconds = time.perf_counter() - started
     if (queued := queue_length(queue)) != n:
         raise RuntimeError(f"{variant}: {queued} messages queued for {n} jobs")
-    connection.close()  # the runner's session ends here: its statistics are flushed before the window
-    time.sleep(settle)  # PostgreSQL 15 flushes a session's statistics within ~1 s of it going idle
+    connection.close()  # the runner's session ends here, which flushes its statistics
+    time.sleep(min(settle, 1.0))
     xacts_before, sessions_before = db_stats()
     main_before, children_before = worker.cpu_seconds()
     backends = env.BackendCpu().start()
@@ -188,7 +192,7 @@ def drain(worker: env.Worker, variant: str, n: int, *, settle: float = 1.5) -> D
     worker.pause(app, queue)
     finished = sorted(float(entry.split()[1]) for entry in client.lrange(DONE_LIST, 0, -1))
     seconds = finished[-1] - finished[0]
-    time.sleep(settle)
+    time.sleep(settle)  # the workers' idle backends report their last transactions (STATS_FLUSH_WAIT)
     xacts_after, sessions_after = db_stats()
     counted = int(client.get(DONE_COUNTER) or 0)
     verified = terminal_rows(variant)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery.exceptions import InvalidTaskError
 from celery.worker.consumer import Consumer
+from kombu.exceptions import ContentDisallowed
+from vine import promise as _promise
 
 from results.models import DeadLetterReason
 
@@ -54,8 +57,42 @@ def dead_letter_poison(message: Any, *, reason: str, body: Any, error: str, raw:
         store(record)
 
 
+def _is_task_body(body: Any) -> bool:
+    """Protocol 2's body: [args, kwargs, embed]."""
+    return (
+        isinstance(body, list | tuple)
+        and len(body) == 3
+        and isinstance(body[0], list | tuple)
+        and isinstance(body[1], dict)
+        and (body[2] is None or isinstance(body[2], dict))
+    )
+
+
 class TerminusConsumer(Consumer):
     """Celery's consumer, recording poison messages as dead letters before rejecting them."""
+
+    def create_task_handler(self, promise: Any = _promise) -> Any:
+        """Celery's handler; a message it would crash on (kombu trusts application/data and
+        application/text; a body that is not [args, kwargs, embed]) becomes a dead letter instead."""
+        handle = super().create_task_handler(promise)
+
+        def on_task_received(message: Any) -> Any:
+            if "task" in (getattr(message, "headers", None) or {}):  # protocol 2
+                if (message.content_type or "") not in JSON_TYPES:
+                    return self.on_decode_error(
+                        message, ContentDisallowed(f"content type {message.content_type!r} is not JSON")
+                    )
+                try:
+                    body = message.decode()  # cached: the strategy reads the same payload
+                except Exception as exc:  # noqa: BLE001 - any undecodable body is a poison message
+                    return self.on_decode_error(message, exc)
+                if not _is_task_body(body):
+                    return self.on_invalid_task(
+                        body, message, InvalidTaskError("task body is not [args, kwargs, embed]")
+                    )
+            return handle(message)
+
+        return on_task_received
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         dead_letter_poison(

@@ -293,9 +293,6 @@ OPEN_FINDINGS = (
     "tests/security/test_limits.py::test_a_huge_list_filter_value_is_answered_without_a_server_error_on_every_list",
     "tests/security/test_limits.py::test_a_huge_long_poll_wait_is_answered_without_a_server_error",
     "tests/security/test_limits.py::test_a_number_json_cannot_represent_is_refused_on_every_submit_path",
-    "tests/security/test_poison_messages.py::test_a_message_that_is_not_json_is_dead_lettered_raw_and_never_run",
-    "tests/security/test_poison_messages.py::"
-    "test_a_json_message_with_a_malformed_task_body_is_dead_lettered_and_never_run",
     "tests/security/test_secrets.py::test_a_failing_jobs_payload_reaches_no_log_line_sentry_event_or_alert",
 )
 
