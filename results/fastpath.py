@@ -23,8 +23,22 @@ def _tables() -> tuple[str, str]:
     return quote(Job._meta.db_table), quote(JobAttempt._meta.db_table)
 
 
-def claim(job_id: Any, worker: str) -> tuple[int, int, int] | None:
-    """(attempt, lost_deliveries, max_retries) if this worker claimed the job, else None."""
+def _commit_mode() -> str:
+    """The claim's own commit need not wait for the WAL flush (see claim); inside a caller's
+    transaction the setting would outlive the statement, so there it stays synchronous."""
+    return "on" if connection.in_atomic_block else "off"
+
+
+def claim(job_id: Any, worker: str) -> tuple[int, int, int, str] | None:
+    """(attempt, lost_deliveries, max_retries, correlation_id) if this worker claimed the job, else None.
+
+    The claim commits asynchronously (``synchronous_commit = off`` for its own transaction only):
+    it saves a WAL flush wait per job, and the success write that follows commits synchronously,
+    which flushes the claim with it (WAL is sequential). If PostgreSQL itself crashes within a
+    fraction of a second of a claim, the claim is lost: the finished attempt's success write then
+    finds the job not running and the job is re-dispatched by the reaper, so it still ends
+    terminal (at least once, as with any redelivery).
+    """
     job, attempt = _tables()
     sql = f"""
         WITH claimed AS (
@@ -32,9 +46,10 @@ def claim(job_id: Any, worker: str) -> tuple[int, int, int] | None:
                 status = 'running', version = version + 1, updated_at = now(), worker = %(worker)s,
                 attempts = attempts + 1,
                 lost_deliveries = lost_deliveries + CASE WHEN status = 'running' THEN 1 ELSE 0 END,
-                started_at = now(), heartbeat_at = now(), next_retry_at = NULL
+                started_at = now(), heartbeat_at = now(), next_retry_at = NULL,
+                dispatched_at = COALESCE(dispatched_at, now())
             WHERE id = %(id)s AND status IN ('queued', 'retrying', 'running')
-            RETURNING id, attempts, lost_deliveries, max_retries
+            RETURNING id, attempts, lost_deliveries, max_retries, correlation_id
         ), closed AS (
             UPDATE {attempt} SET outcome = 'lost', finished_at = now(), error_type = 'worker_lost',
                 error_message = %(lost)s
@@ -43,12 +58,32 @@ def claim(job_id: Any, worker: str) -> tuple[int, int, int] | None:
             INSERT INTO {attempt} (job_id, number, worker, started_at, outcome, error_type, error_message)
             SELECT id, attempts, %(worker)s, now(), 'running', '', '' FROM claimed
         )
-        SELECT attempts, lost_deliveries, max_retries FROM claimed
+        SELECT attempts, lost_deliveries, max_retries, correlation_id,
+            set_config('synchronous_commit', %(commit)s, true)
+        FROM claimed
+    """
+    params = {"id": job_id, "worker": worker, "lost": LOST_MESSAGE, "commit": _commit_mode()}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return (int(row[0]), int(row[1]), int(row[2]), row[3]) if row else None
+
+
+def mark_dispatched(job_ids: list[Any]) -> int:
+    """Mark published jobs, committing asynchronously: a marker lost in a PostgreSQL crash only
+    means the reaper publishes the job again, and the claim guard makes that duplicate harmless."""
+    job, _ = _tables()
+    sql = f"""
+        WITH marked AS (
+            UPDATE {job} SET dispatched_at = now(), version = version + 1, updated_at = now()
+            WHERE id = ANY(%(ids)s) AND dispatched_at IS NULL
+            RETURNING 1
+        )
+        SELECT count(*), set_config('synchronous_commit', %(commit)s, true) FROM marked
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"id": job_id, "worker": worker, "lost": LOST_MESSAGE})
-        row = cursor.fetchone()
-    return (int(row[0]), int(row[1]), int(row[2])) if row else None
+        cursor.execute(sql, {"ids": list(job_ids), "commit": _commit_mode()})
+        return int(cursor.fetchone()[0])
 
 
 def succeed(job_id: Any, attempt_number: int, result: Any) -> bool:

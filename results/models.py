@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, models, transaction
 from django.db.models import Case, F, Q, Value, When
-from django.db.models.functions import Now
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from . import fastpath
@@ -98,6 +98,7 @@ class Claim:
     attempt: int
     lost_deliveries: int
     max_retries: int
+    correlation_id: str = ""
 
 
 def _sources(target: str) -> list[str]:
@@ -124,11 +125,14 @@ class Job(models.Model):
     error_message = models.TextField(blank=True, default="")
     traceback = models.TextField(blank=True, default="")
     worker = models.CharField(max_length=255, blank=True, default="", help_text="Hostname of the last worker.")
-    correlation_id = models.CharField(max_length=100, blank=True, default="", db_index=True)
+    correlation_id = models.CharField(max_length=100, blank=True, default="")  # indexed: job_correlation
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
     )
-    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
+    # Indexed by job_tenant_created (tenant first): a second index would cost every write for nothing.
+    tenant = models.ForeignKey(
+        Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs", db_index=False
+    )
     # NULL, not "": the unique constraints below apply only to jobs that carry a key.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     retry_of = models.ForeignKey(
@@ -138,6 +142,7 @@ class Job(models.Model):
         on_delete=models.SET_NULL,
         related_name="reruns",
         help_text="The failed or cancelled job this one runs again.",
+        db_index=False,  # job_retry_of: only the few reruns carry one
     )
     version = models.PositiveIntegerField(default=1, help_text="Bumped on every write; the API's ETag.")
     time_limit = models.PositiveIntegerField(default=300, help_text="Hard time limit of one attempt, seconds.")
@@ -185,6 +190,10 @@ class Job(models.Model):
                 condition=Q(status__in=["queued", "running", "retrying"]),
             ),
             models.Index(fields=["-created_at"], name="job_created"),
+            # Exact-match search (admin, ops); no LIKE twin, which db_index=True would add.
+            models.Index(fields=["correlation_id"], name="job_correlation"),
+            # Reruns of a job (and clearing them when it is deleted): most jobs have none.
+            models.Index(fields=["retry_of"], name="job_retry_of", condition=Q(retry_of__isnull=False)),
             # Admin/ops search by idempotency key across tenants.
             models.Index(
                 fields=["idempotency_key"], name="job_idempotency_key", condition=Q(idempotency_key__isnull=False)
@@ -253,6 +262,8 @@ class Job(models.Model):
 
     def mark_dispatched(self) -> bool:
         """Record that the message reached the broker (first publish wins; re-dispatch keeps it)."""
+        if connection.vendor == "postgresql":
+            return fastpath.mark_dispatched([self.pk]) == 1
         return (
             # Not conditional on status: a fast worker may have claimed the job already.
             Job.objects.filter(pk=self.pk, dispatched_at__isnull=True).update(
@@ -260,6 +271,20 @@ class Job(models.Model):
             )
             == 1
         )
+
+    @staticmethod
+    def mark_many_dispatched(job_ids: list[Any]) -> int:
+        """``mark_dispatched`` for a published batch: one statement per 1,000 jobs."""
+        marked = 0
+        for start in range(0, len(job_ids), 1000):
+            chunk = job_ids[start : start + 1000]
+            if connection.vendor == "postgresql":
+                marked += fastpath.mark_dispatched(chunk)
+            else:
+                marked += Job.objects.filter(pk__in=chunk, dispatched_at__isnull=True).update(
+                    dispatched_at=Now(), version=F("version") + 1, updated_at=Now()
+                )
+        return marked
 
     def mark_started(self, *, worker: str) -> Claim | None:
         """Claim the job for one attempt; None means it is terminal (or cancelled) and must not run.
@@ -269,7 +294,7 @@ class Job(models.Model):
         """
         if connection.vendor == "postgresql":
             row = fastpath.claim(self.pk, worker)
-            return Claim(attempt=row[0], lost_deliveries=row[1], max_retries=row[2]) if row else None
+            return Claim(*row) if row else None
         with transaction.atomic():
             won = self._transition(
                 Status.RUNNING,
@@ -283,11 +308,14 @@ class Job(models.Model):
                 started_at=Now(),
                 heartbeat_at=Now(),
                 next_retry_at=None,
+                dispatched_at=Coalesce("dispatched_at", Now()),  # a claimed job's message was published
             )
             if not won:
                 return None
-            attempt, lost, max_retries = (
-                Job.objects.filter(pk=self.pk).values_list("attempts", "lost_deliveries", "max_retries").get()
+            attempt, lost, max_retries, correlation_id = (
+                Job.objects.filter(pk=self.pk)
+                .values_list("attempts", "lost_deliveries", "max_retries", "correlation_id")
+                .get()
             )
             if lost:
                 JobAttempt.objects.filter(job_id=self.pk, outcome=AttemptOutcome.RUNNING).update(
@@ -297,7 +325,7 @@ class Job(models.Model):
                     error_message="the worker running this attempt died; the message was delivered again",
                 )
             JobAttempt.objects.create(job_id=self.pk, number=attempt, worker=worker)
-        return Claim(attempt=attempt, lost_deliveries=lost, max_retries=max_retries)
+        return Claim(attempt=attempt, lost_deliveries=lost, max_retries=max_retries, correlation_id=correlation_id)
 
     def heartbeat(self, *, progress: float | None = None, message: str | None = None) -> bool:
         """Prove the running attempt is alive; False means the job is no longer running (cancelled)."""
@@ -435,7 +463,8 @@ class Job(models.Model):
 class JobAttempt(models.Model):
     """One try of a job, so a retried job's history is kept, not overwritten."""
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="attempt_set")
+    # Indexed by attempt_number_per_job (job first).
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="attempt_set", db_index=False)
     number = models.PositiveIntegerField()
     worker = models.CharField(max_length=255, blank=True, default="")
     started_at = models.DateTimeField(default=timezone.now)

@@ -46,15 +46,6 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
     return type(exc).__name__, (str(exc) or repr(exc))[:10_000]
 
 
-def _correlation_id(job_id: str) -> str:
-    """The record's correlation id, for the attempt's log lines (Celery sets the message's own
-    ``correlation_id`` property to the task id, which shadows a header of that name)."""
-    try:
-        return Job.objects.filter(pk=job_id).values_list("correlation_id", flat=True).first() or ""
-    except (OperationalError, InterfaceError):
-        return ""
-
-
 class TrackedTask(DjangoTask):
     """A job type's task: claims the record, runs once per claim, records the outcome."""
 
@@ -94,7 +85,7 @@ class TrackedTask(DjangoTask):
             logger.warning("job %s not run: it is terminal, cancelled or unknown", task_id)
             raise Ignore()
         self.request.terminus_attempt = claim.attempt
-        bind_job(attempt=claim.attempt, correlation_id=_correlation_id(task_id))
+        bind_job(attempt=claim.attempt, correlation_id=claim.correlation_id)
         if settings.SENTRY_DSN:
             import sentry_sdk
 

@@ -40,6 +40,7 @@ from .dead_letter import dead_letter_job, reason_for
 from .hooks import run_terminal_hook
 from .registry import get_job_type, job_types
 from .submit import dispatch
+from .submit import publish as publish_job
 
 logger = logging.getLogger(__name__)
 
@@ -282,13 +283,7 @@ def publish(job: Job, *, retries: int) -> bool:
         ):
             dead_letter_job(job.pk, reason=DeadLetterReason.NON_RETRYABLE)
         return True
-    job_type.task.apply_async(
-        kwargs=job.payload,
-        task_id=str(job.pk),
-        queue=job.queue,
-        retries=retries,
-        headers={"correlation_id": job.correlation_id},
-    )
+    publish_job(job, retries=retries)
     return True
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
-from django.db.models.functions import Now
 from django.utils import timezone
 from pydantic import ValidationError
 
@@ -52,8 +51,10 @@ def storable_json_problem(value: Any) -> str | None:
     """Why ``value`` cannot be stored and sent as a job payload, or None.
 
     PostgreSQL's jsonb refuses NUL characters (``\\u0000``) in strings and keys, which would
-    otherwise surface as a database error on one backend and not the other; and very deep
-    nesting exhausts the recursion of every JSON encoder on the way to the worker.
+    otherwise surface as a database error on one backend and not the other; very deep nesting
+    exhausts the recursion of every JSON encoder on the way to the worker; and a number JSON
+    cannot represent (``1e999`` parses to infinity) would be stored changed or sent as a body no
+    JSON parser accepts.
     """
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -63,6 +64,9 @@ def storable_json_problem(value: Any) -> str | None:
         if isinstance(item, str):
             if "\x00" in item:
                 return "must not contain NUL characters (\\u0000)"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "must not contain numbers JSON cannot represent (too large: infinite, or NaN)"
         elif isinstance(item, dict):
             for key, child in item.items():
                 if "\x00" in str(key):
@@ -133,6 +137,12 @@ def submit_or_get(
         idempotency_key=idempotency_key,
         retry_of=retry_of,
     )
+    if idempotency_key is None and not transaction.get_connection().in_atomic_block:
+        # One INSERT in autocommit: committed when it returns, so the message can follow at once
+        # (saves the BEGIN and COMMIT round trips of an atomic block around a single statement).
+        job.save(force_insert=True)
+        dispatch(job, countdown=countdown)
+        return job, True
     with transaction.atomic():
         if idempotency_key is not None:
             try:
@@ -159,14 +169,17 @@ def submit_many(
     """Record many jobs in one transaction and publish them on commit over one connection.
 
     All or nothing: every item is validated first, and one bad item refuses the batch with its
-    index in the error keys (``jobs.3.payload.seconds``). Items take the keys of a single
-    submission except ``idempotency_key`` (a batch is retried as a whole by its caller).
+    index in the error keys (``jobs.3.payload.seconds``): PayloadTooLarge (413) when an item's
+    payload is over the size limit, as for a single submission, else SubmissionError (400). Items
+    take the keys of a single submission except ``idempotency_key`` (a batch is retried as a
+    whole by its caller).
     """
     if not isinstance(items, list) or not items:
         raise SubmissionError({"jobs": ["must be a non-empty list of jobs"]})
     if len(items) > settings.TERMINUS_MAX_BULK:
         raise SubmissionError({"jobs": [f"at most {settings.TERMINUS_MAX_BULK} jobs per request; got {len(items)}"]})
     errors: dict[str, list[str]] = {}
+    too_large = False
     jobs: list[Job] = []
     countdowns: dict[Any, int | None] = {}
     now = timezone.now()
@@ -184,13 +197,14 @@ def submit_many(
                 now=now,
             )
         except SubmissionError as exc:
+            too_large = too_large or isinstance(exc, PayloadTooLarge)
             for field, messages in exc.errors.items():
                 errors[f"jobs.{index}" + (f".{field}" if field else "")] = list(messages)
             continue
         jobs.append(job)
         countdowns[job.pk] = item.get("countdown")
     if errors:
-        raise SubmissionError(errors)
+        raise (PayloadTooLarge if too_large else SubmissionError)(errors)
     with transaction.atomic():
         Job.objects.bulk_create(jobs, batch_size=500)
         transaction.on_commit(lambda: dispatch_many(jobs, countdowns=countdowns))
@@ -257,27 +271,51 @@ def _new_job(
     )
 
 
+def publish(job: Job, *, countdown: float | None = None, retries: int = 0, producer: Any = None) -> None:
+    """Send the job's message (raises when the broker is unreachable).
+
+    The message carries the payload, but its log and event representation does not: Celery's
+    "Task received" lines and task events show ``argsrepr``/``kwargsrepr``, and a payload may hold
+    secrets (webhook headers, tokens) that must stay in the record alone.
+    """
+    job_type = get_job_type(job.type)
+    assert job_type is not None  # callers check it
+    job_type.task.apply_async(
+        kwargs=job.payload,
+        task_id=str(job.pk),
+        queue=job.queue,
+        countdown=countdown,
+        retries=retries,
+        headers={"correlation_id": job.correlation_id},
+        argsrepr="()",
+        kwargsrepr=PAYLOAD_REPR,
+        producer=producer,
+    )
+
+
+#: What logs and task events show instead of a job's payload.
+PAYLOAD_REPR = "{<payload not logged>}"
+
+
 def dispatch_many(jobs: list[Job], *, countdowns: dict[Any, int | None] | None = None) -> int:
-    """Publish many jobs over one producer connection; one UPDATE marks the published ones."""
+    """Publish many jobs in one broker round trip where the transport batches; one UPDATE marks them.
+
+    Jobs count as published only once the batch is flushed. If the flush fails, some messages may
+    be in the broker while their jobs stay undispatched: the reaper publishes those again, and the
+    claim makes the duplicate harmless.
+    """
     countdowns = countdowns or {}
-    published: list[Any] = []
     if not jobs:
         return 0
     app = get_job_type(jobs[0].type).task.app  # type: ignore[union-attr]
+    published: list[Any] = []
+    sent: list[Any] = []
     try:
-        with app.producer_or_acquire() as producer:
+        with app.producer_or_acquire() as producer, producer.batch(max_size=len(jobs)):
             for job in jobs:
-                job_type = get_job_type(job.type)
-                assert job_type is not None  # validated at submit
-                job_type.task.apply_async(
-                    kwargs=job.payload,
-                    task_id=str(job.pk),
-                    queue=job.queue,
-                    countdown=countdowns.get(job.pk),
-                    headers={"correlation_id": job.correlation_id},
-                    producer=producer,
-                )
-                published.append(job.pk)
+                publish(job, countdown=countdowns.get(job.pk), producer=producer)
+                sent.append(job.pk)
+        published = sent
     except Exception:
         logger.warning(
             "%s of %s jobs recorded but not published (broker unavailable)",
@@ -285,10 +323,7 @@ def dispatch_many(jobs: list[Job], *, countdowns: dict[Any, int | None] | None =
             len(jobs),
             exc_info=True,
         )
-    for start in range(0, len(published), 1000):
-        Job.objects.filter(pk__in=published[start : start + 1000], dispatched_at__isnull=True).update(
-            dispatched_at=Now(), version=F("version") + 1, updated_at=Now()
-        )
+    Job.mark_many_dispatched(published)
     return len(published)
 
 
@@ -309,13 +344,7 @@ def dispatch(job: Job, *, countdown: float | None = None) -> bool:
         )
         return False
     try:
-        job_type.task.apply_async(
-            kwargs=job.payload,
-            task_id=str(job.pk),
-            queue=job.queue,
-            countdown=countdown,
-            headers={"correlation_id": job.correlation_id},
-        )
+        publish(job, countdown=countdown)
     except Exception:
         logger.warning("job %s recorded but not published (broker unavailable); it stays queued", job.pk, exc_info=True)
         return False

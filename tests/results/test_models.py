@@ -135,3 +135,46 @@ def test_past_deadline_counts_only_open_jobs_past_terminal_by():
     make_job(terminal_by=past, status=Status.FAILED)
     make_job()
     assert Job.objects.past_deadline().count() == 1
+
+
+def test_a_claim_returns_the_correlation_id_and_marks_a_never_marked_job_dispatched():
+    job = make_job(correlation_id="c-123")
+    assert job.dispatched_at is None
+    claim = job.mark_started(worker="w1")
+    assert claim is not None and claim.correlation_id == "c-123" and claim.attempt == 1
+    job.refresh_from_db()
+    assert job.dispatched_at is not None  # the worker holds its message: it was published
+
+
+def test_a_claim_keeps_the_first_dispatch_time():
+    first = timezone.now() - timedelta(minutes=5)
+    job = make_job(dispatched_at=first)
+    job.mark_started(worker="w1")
+    job.refresh_from_db()
+    assert job.dispatched_at == first
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="asynchronous commit is PostgreSQL's")
+def test_the_asynchronous_claim_commit_stays_within_its_own_statement():
+    """The claim and the published marker commit with synchronous_commit off for their own
+    transaction only: the success write and every other write of the session stay synchronous."""
+
+    def setting() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return cursor.fetchone()[0]
+
+    job = make_job()
+    Job.mark_many_dispatched([job.pk])
+    assert job.mark_started(worker="w1") is not None
+    assert setting() == "on"
+    assert job.mark_succeeded(attempt=1, result={"ok": True})
+    job.refresh_from_db()
+    assert job.status == Status.SUCCEEDED and job.dispatched_at is not None
+    from django.db import transaction
+
+    other = make_job()
+    with transaction.atomic():  # inside a caller's transaction the claim must not change its commit
+        assert other.mark_started(worker="w1") is not None
+        assert setting() == "on"
