@@ -227,15 +227,8 @@ class JobAdmin(admin.ModelAdmin):
 
     # -- scope ---------------------------------------------------------------------------------
     def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
-        """Superusers see every job; staff who act for a tenant see only that tenant's."""
-        qs = super().get_queryset(request).select_related("tenant", "owner")
-        user = request.user
-        if user.is_superuser:
-            return qs
-        membership = getattr(user, "membership", None)
-        if membership is not None:
-            return qs.filter(tenant_id=membership.tenant_id)
-        return qs.visible_to(user)
+        """Superusers and staff without a tenant see every job; staff who act for a tenant its jobs."""
+        return super().get_queryset(request).select_related("tenant", "owner").visible_to(request.user)
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return JobChangeList
@@ -400,14 +393,37 @@ class JobAdmin(admin.ModelAdmin):
             )
 
 
+class SuperuserOnlyAdmin(admin.ModelAdmin):
+    """Who belongs to which tenant decides what everyone sees: only superusers see or change it.
+
+    Model permissions are not enough: staff acting for a tenant with ``change_membership`` could
+    move themselves into another tenant, and ``view_tenant`` would list every customer.
+    """
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
+class TenantAdmin(SuperuserOnlyAdmin):
     list_display = ("name", "created_at")
     search_fields = ("name",)
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(SuperuserOnlyAdmin):
     list_display = ("user", "tenant")
     list_select_related = ("user", "tenant")
     search_fields = ("user__username", "tenant__name")

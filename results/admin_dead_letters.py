@@ -30,6 +30,7 @@ from tasks.submit import SubmissionError
 
 from .admin import MAX_ACTION_JOBS, CheapCountPaginator, _job_link, _pre, _pretty_json
 from .models import Alert, AlertWindow, DeadLetter, DeadLetterStatus
+from .querysets import scoped_by_job, sees_every_tenant
 
 if TYPE_CHECKING:
     from django.http import HttpRequest
@@ -53,14 +54,6 @@ STATUS_COLORS = {
 }
 #: The "type" filter's choice for task names that are not a registered job type (poison messages).
 OTHER_TYPE = "__other__"
-
-
-def tenant_id_of(request: HttpRequest) -> int | None:
-    """The tenant a non-superuser acts for; None for superusers and staff without a tenant (they see all)."""
-    if request.user.is_superuser:
-        return None
-    membership = getattr(request.user, "membership", None)
-    return membership.tenant_id if membership is not None else None
 
 
 def _dead_letter_link(dead_letter_id: int) -> str:
@@ -176,9 +169,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     # -- scope ---------------------------------------------------------------------------------
     def get_queryset(self, request: HttpRequest) -> QuerySet[DeadLetter]:
         """Superusers and staff without a tenant see every dead letter; tenant staff their tenant's jobs'."""
-        qs = super().get_queryset(request)
-        tenant_id = tenant_id_of(request)
-        return qs if tenant_id is None else qs.filter(job__tenant_id=tenant_id)
+        return scoped_by_job(super().get_queryset(request), request.user, "job")
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return DeadLetterChangeList
@@ -339,9 +330,7 @@ class AlertAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Alert]:
         """Tenant staff see the alerts about their tenant's dead letters; summaries and ops alerts are cross-tenant."""
-        qs = super().get_queryset(request)
-        tenant_id = tenant_id_of(request)
-        return qs if tenant_id is None else qs.filter(dead_letter__job__tenant_id=tenant_id)
+        return scoped_by_job(super().get_queryset(request), request.user, "dead_letter__job")
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Alert], search_term: str
@@ -370,7 +359,7 @@ class AlertWindowAdmin(ReadOnlyAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[AlertWindow]:
         """Windows count failures across tenants: only superusers and staff without a tenant see them."""
         qs = super().get_queryset(request)
-        return qs if tenant_id_of(request) is None else qs.none()
+        return qs if sees_every_tenant(request.user) else qs.none()
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[AlertWindow], search_term: str

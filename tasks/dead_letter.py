@@ -76,6 +76,16 @@ def message_for_job(job: Job, *, reason: str) -> dict[str, Any]:
     }
 
 
+def record_repr(message: dict[str, Any]) -> str:
+    """What logs, task events and result rows show of a dead-letter message: never its body.
+
+    The message carries the failed job's payload (a replay runs it), which may hold secrets; Celery
+    would show a repr of the whole message ("Task … received", django-celery-results' task_kwargs).
+    """
+    shown = {key: str(message.get(key) or "")[:200] for key in ("message_key", "job_id", "task_name", "reason")}
+    return repr({**shown, "body": "<not logged>"})
+
+
 def dead_letter_job(job_id: Any, *, reason: str | None = None) -> bool:
     """Publish a failed job to the dead_letter queue; False leaves it for the reaper to publish."""
     job = Job.objects.filter(pk=job_id, status=Status.FAILED).first()
@@ -84,8 +94,13 @@ def dead_letter_job(job_id: Any, *, reason: str | None = None) -> bool:
     if reason is None:
         reason = reason_for(job.error_type, retryable=True)
     try:
+        message = message_for_job(job, reason=reason)
         record_dead_letter.apply_async(
-            kwargs=message_for_job(job, reason=reason), queue=DEAD_LETTER_QUEUE, task_id=f"dead-letter-{job.pk}"
+            kwargs=message,
+            queue=DEAD_LETTER_QUEUE,
+            task_id=f"dead-letter-{job.pk}",
+            argsrepr="()",
+            kwargsrepr=record_repr(message),
         )
     except Exception:
         logger.warning("job %s failed but its dead letter was not published", job.pk, exc_info=True)

@@ -18,7 +18,7 @@ from vine import promise as _promise
 
 from results.models import DeadLetterReason
 
-from .dead_letter import DEAD_LETTER_QUEUE, poison_message, record_dead_letter, store
+from .dead_letter import DEAD_LETTER_QUEUE, poison_message, record_dead_letter, record_repr, store
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,9 @@ def dead_letter_poison(message: Any, *, reason: str, body: Any, error: str, raw:
         wire_body=message.body,
     )
     try:
-        record_dead_letter.apply_async(kwargs=record, queue=DEAD_LETTER_QUEUE)
+        record_dead_letter.apply_async(
+            kwargs=record, queue=DEAD_LETTER_QUEUE, argsrepr="()", kwargsrepr=record_repr(record)
+        )
     except Exception:  # noqa: BLE001 - the broker refused: keep the evidence in the database
         logger.warning("could not publish poison message %s; storing it directly", record["message_key"])
         store(record)

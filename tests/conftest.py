@@ -279,25 +279,3 @@ def start_worker(
     yield start
     for worker in started:
         worker.stop(timeout=15)
-
-
-#: Findings the hostile-input suite (tests/security) reproduced that are not fixed yet: each test
-#: still runs and is expected to fail until its fix lands (issue 6's note lists them). Remove an
-#: entry with its fix.
-OPEN_FINDINGS = (
-    "tests/security/test_access.py::test_tenant_staff_see_only_their_tenants_jobs_in_the_api_as_in_the_admin",
-    "tests/security/test_access.py::test_tenant_staff_see_no_row_of_another_tenant_on_any_project_admin_page",
-    "tests/security/test_access.py::test_tenant_staff_cannot_move_themselves_into_another_tenant_through_the_admin",
-    "tests/security/test_limits.py::test_a_batch_spends_one_submission_of_the_budget_per_job",
-    "tests/security/test_limits.py::test_a_payload_over_the_payload_limit_is_refused_with_413_in_a_batch_too",
-    "tests/security/test_limits.py::test_a_huge_list_filter_value_is_answered_without_a_server_error_on_every_list",
-    "tests/security/test_limits.py::test_a_huge_long_poll_wait_is_answered_without_a_server_error",
-    "tests/security/test_limits.py::test_a_number_json_cannot_represent_is_refused_on_every_submit_path",
-    "tests/security/test_secrets.py::test_a_failing_jobs_payload_reaches_no_log_line_sentry_event_or_alert",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.nodeid.startswith(OPEN_FINDINGS):
-            item.add_marker(pytest.mark.xfail(reason="open security finding, fix pending (issue 6)", strict=False))

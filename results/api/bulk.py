@@ -1,8 +1,13 @@
 """``POST /api/jobs/bulk/``: many jobs in one request, for producers that submit in batches.
 
 All or nothing: one bad item refuses the whole batch with 400, its errors keyed by index
-(``jobs.3.payload.seconds``). The jobs are recorded in one transaction and published on commit
-over one broker connection; each is then polled at ``/api/jobs/{id}/`` like any other.
+(``jobs.3.payload.seconds``); a payload over its size limit, with 413. The jobs are recorded in
+one transaction and published on commit over one broker connection; each is then polled at
+``/api/jobs/{id}/`` like any other.
+
+Every job of the batch spends one submission of the user's submit rate: a batch that would go
+over it is refused whole with 429 and ``Retry-After`` (400 when the batch is larger than the
+whole rate, which no wait would allow).
 """
 
 from __future__ import annotations
@@ -53,6 +58,15 @@ class BulkSubmitView(APIView):
     parser_classes = [LimitedJSONParser]
     throttle_classes = [SubmitRateThrottle]
     throttle_scope = "submit"
+    throttle_cost_field = "jobs"
+
+    def throttle_cost(self, request: Request) -> int:
+        """Each job of the batch is one submission of the user's budget (a malformed batch: one)."""
+        data = request.data
+        jobs = data.get("jobs") if isinstance(data, dict) else None
+        if isinstance(jobs, list) and 1 <= len(jobs) <= settings.TERMINUS_MAX_BULK:
+            return len(jobs)
+        return 1
 
     @extend_schema(
         operation_id="jobs_bulk_create",
@@ -60,7 +74,9 @@ class BulkSubmitView(APIView):
         description=(
             "Records every job in one transaction and publishes them on commit. All or nothing: a bad "
             "item refuses the batch, with errors keyed `jobs.<index>.<field>`. Items take `type`, "
-            "`payload`, `queue` and `countdown` (no idempotency key: retry the batch as a whole)."
+            "`payload`, `queue` and `countdown` (no idempotency key: retry the batch as a whole). "
+            "Each job spends one submission of the submit rate: a batch that would go over it is "
+            "refused whole with 429 and `Retry-After`."
         ),
         request=BulkSubmitSerializer,
         responses={202: BulkResultSerializer, **error_responses(400, 401, 413, 415, 429)},

@@ -34,18 +34,27 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from results.models import Alert, AlertStatus, DeadLetter, DeadLetterReason, DeadLetterStatus, Job
+from results.querysets import scoped_by_job, sees_every_tenant
 from tasks import dead_letter as dlq
 from tasks.submit import PayloadTooLarge, SubmissionError
 
 from .errors import Conflict
 from .pagination import JobCursorPagination
 from .parsers import LimitedJSONParser
-from .serializers import ErrorSerializer, JobDetailSerializer
+from .serializers import (
+    CommaSeparatedChoiceField,
+    ErrorSerializer,
+    JobDetailSerializer,
+    QueryParametersSerializer,
+    check_query_parameters,
+)
 from .throttling import SubmitRateThrottle
 from .views import body_object
 
 #: Largest id PostgreSQL's bigint holds: a longer number names no dead letter (404, not a 500).
 MAX_ID = 2**63 - 1
+#: Longest ``?older_than=`` (seconds), as ``manage.py deadletters --older-than``: 100 years.
+OLDER_THAN_MAX = 100 * 365 * 86400
 
 _ERROR_DESCRIPTIONS = {
     400: "Bad input: errors maps each field (body field or query parameter) to its messages.",
@@ -68,23 +77,10 @@ DEAD_LETTER_ID = OpenApiParameter(
 
 
 # -- scope -------------------------------------------------------------------------------------
-def sees_every_dead_letter(user: Any) -> bool:
-    """Superusers, and staff who act for no tenant: the whole store, poison messages included."""
-    return user.is_authenticated and (
-        user.is_superuser or (user.is_staff and getattr(user, "membership", None) is None)
-    )
-
-
 def dead_letters_visible_to(user: Any) -> QuerySet[DeadLetter]:
-    """Everything for ``sees_every_dead_letter``; else the dead letters of the jobs the user may see."""
-    if not user.is_authenticated:
-        return DeadLetter.objects.none()
-    if sees_every_dead_letter(user):
-        return DeadLetter.objects.all()
-    membership = getattr(user, "membership", None)
-    if membership is not None:
-        return DeadLetter.objects.filter(job__tenant_id=membership.tenant_id)
-    return DeadLetter.objects.filter(job__owner=user, job__tenant__isnull=True)
+    """Everything for superusers and staff without a tenant (``sees_every_tenant``), poison messages
+    included; else the dead letters of the jobs the user may see."""
+    return scoped_by_job(DeadLetter.objects.all(), user, "job")
 
 
 def _is_staff(context: dict[str, Any]) -> bool:
@@ -195,25 +191,7 @@ class DeadLetterStatsSerializer(serializers.Serializer):
     total = serializers.IntegerField(help_text="All dead letters kept (open, replayed and resolved).")
 
 
-class CommaSeparatedChoiceField(serializers.ListField):
-    """``?status=open,replayed`` or ``?status=open&status=replayed``; errors name the bad value."""
-
-    default_error_messages = {"unknown_value": "unknown value {value!r}; known: {known}"}
-
-    def __init__(self, *, choices: type[DeadLetterStatus] | type[DeadLetterReason], **kwargs: Any):
-        self.known = list(choices.values)
-        super().__init__(child=serializers.ChoiceField(choices=choices.choices), **kwargs)
-
-    def to_internal_value(self, data: Any) -> list[str]:
-        values = [data] if isinstance(data, str) else list(data)
-        split = [part.strip() for value in values for part in str(value).split(",") if part.strip()]
-        for value in split:
-            if value not in self.known:
-                self.fail("unknown_value", value=value, known=", ".join(self.known))
-        return super().to_internal_value(split)
-
-
-class DeadLetterFilterSerializer(serializers.Serializer):
+class DeadLetterFilterSerializer(QueryParametersSerializer):
     """Query parameters of ``GET /api/dead-letters/``; a bad or unknown one is a 400 keyed by its name."""
 
     status = CommaSeparatedChoiceField(
@@ -230,30 +208,16 @@ class DeadLetterFilterSerializer(serializers.Serializer):
     created_after = serializers.DateTimeField(required=False, help_text="Dead-lettered at or after (ISO 8601).")
     created_before = serializers.DateTimeField(required=False, help_text="Dead-lettered before (ISO 8601).")
     older_than = serializers.IntegerField(
-        required=False, min_value=0, help_text="Dead-lettered more than this many seconds ago."
+        required=False,
+        min_value=0,
+        max_value=OLDER_THAN_MAX,
+        help_text=f"Dead-lettered more than this many seconds ago (0 to {OLDER_THAN_MAX}: 100 years).",
     )
     # The paginator's own parameters, declared because any other parameter is refused as a typo.
     cursor = serializers.CharField(required=False, help_text="Opaque; take it from next/previous.")
     page_size = serializers.IntegerField(
         required=False, min_value=1, help_text="Dead letters per page (default 50); above 500 counts as 500."
     )
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(self.initial_data) - set(self.fields))
-        if unknown:
-            allowed = ", ".join(self.fields)
-            raise serializers.ValidationError(
-                {name: [f"unknown query parameter; allowed: {allowed}"] for name in unknown}
-            )
-        # DRF reads ``?error_type=`` as "not given": say so rather than silently list everything.
-        getlist = getattr(self.initial_data, "getlist", lambda name: [self.initial_data[name]])
-        blank = [name for name in self.initial_data if not any(str(value).strip() for value in getlist(name))]
-        if blank:
-            raise serializers.ValidationError({name: ["must not be empty; leave it out instead"] for name in blank})
-        after, before = attrs.get("created_after"), attrs.get("created_before")
-        if after is not None and before is not None and after >= before:
-            raise serializers.ValidationError({"created_before": ["must be later than created_after"]})
-        return attrs
 
     def filter(self, letters: QuerySet[DeadLetter]) -> QuerySet[DeadLetter]:
         """``letters`` narrowed by the validated parameters (all of them combine with AND)."""
@@ -296,10 +260,7 @@ class ReplaySerializer(serializers.Serializer):
 
 
 def no_query_parameters(request: Request) -> None:
-    if request.query_params:
-        raise exceptions.ValidationError(
-            {name: ["unknown query parameter; this endpoint takes none"] for name in sorted(request.query_params)}
-        )
+    check_query_parameters(request.query_params)
 
 
 # -- views -------------------------------------------------------------------------------------
@@ -370,7 +331,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
     )
     def stats(self, request: Request) -> Response:
         no_query_parameters(request)
-        everything = sees_every_dead_letter(request.user)
+        everything = sees_every_tenant(request.user)
         figures = dlq.queue_stats() if everything else scoped_stats(self.get_queryset())
         return Response(DeadLetterStatsSerializer(figures).data)
 

@@ -6,9 +6,11 @@ Errors from any of these reach the client in the one shape of ``results.api.erro
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
+from django.db import models
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -161,26 +163,76 @@ class JobDetailSerializer(JobSerializer):
         read_only_fields = fields
 
 
-class CommaSeparatedStatusField(serializers.ListField):
-    """``?status=queued,running`` or ``?status=queued&status=running``; errors name the bad value."""
+# -- query parameters ----------------------------------------------------------------------------
+def check_query_parameters(
+    params: Any, allowed: Iterable[str] = (), repeatable: Iterable[str] = (), *, empty_checked: Iterable[str] = ()
+) -> None:
+    """400 keyed by each query parameter that is unknown, empty or given more than once.
 
-    child = serializers.ChoiceField(choices=Status.choices)
-    default_error_messages = {"unknown_status": "unknown status {value!r}; known statuses: {known}"}
+    The one check every endpoint applies to its query string before reading it: a typo
+    (``?stauts=``) or an empty value (``?type=`` from an unset variable) would otherwise be read as
+    "not given" and widen a list, and a repeated single-valued parameter (``?type=a&type=b``) as
+    one of its values, silently. Only the ``repeatable`` parameters (lists) may be repeated; an
+    empty ``empty_checked`` parameter is left to its caller, whose own message is more precise.
+    """
+    allowed, repeatable, empty_checked = list(allowed), set(repeatable), set(empty_checked)
+    getlist = getattr(params, "getlist", lambda name: [params[name]])
+    errors: dict[str, list[str]] = {}
+    for name in sorted(params):
+        values = getlist(name)
+        if name not in allowed:
+            hint = f"allowed: {', '.join(allowed)}" if allowed else "this endpoint takes none"
+            errors[name] = [f"unknown query parameter; {hint}"]
+        elif name not in empty_checked and not any(str(value).strip() for value in values):
+            errors[name] = ["must not be empty; leave the parameter out"]
+        elif len(values) > 1 and name not in repeatable:
+            errors[name] = [f"give {name} once"]
+    if errors:
+        raise serializers.ValidationError(errors)
+
+
+class CommaSeparatedChoiceField(serializers.ListField):
+    """``?status=open,replayed`` or ``?status=open&status=replayed``; errors name the bad value."""
+
+    default_error_messages = {"unknown_value": "unknown value {value!r}; known: {known}"}
+
+    def __init__(self, *, choices: type[models.TextChoices], **kwargs: Any):
+        self.known = list(choices.values)
+        super().__init__(child=serializers.ChoiceField(choices=choices.choices), **kwargs)
 
     def to_internal_value(self, data: Any) -> list[str]:
         values = [data] if isinstance(data, str) else list(data)
         split = [part.strip() for value in values for part in str(value).split(",") if part.strip()]
         for value in split:
-            if value not in Status.values:
-                self.fail("unknown_status", value=value, known=", ".join(Status.values))
+            if value not in self.known:
+                self.fail("unknown_value", value=value, known=", ".join(self.known))
         return super().to_internal_value(split)
 
 
-class JobFilterSerializer(serializers.Serializer):
+class QueryParametersSerializer(serializers.Serializer):
+    """Query parameters of a list: the declared fields only, each non-empty, lists alone repeated.
+
+    A bad value is a 400 keyed by the parameter; ``created_after`` must come before
+    ``created_before`` when a subclass declares both.
+    """
+
+    def to_internal_value(self, data: Any) -> Any:
+        repeatable = [name for name, field in self.fields.items() if isinstance(field, serializers.ListField)]
+        check_query_parameters(data, allowed=self.fields, repeatable=repeatable)
+        return super().to_internal_value(data)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        after, before = attrs.get("created_after"), attrs.get("created_before")
+        if after is not None and before is not None and after >= before:
+            raise serializers.ValidationError({"created_before": ["must be later than created_after"]})
+        return attrs
+
+
+class JobFilterSerializer(QueryParametersSerializer):
     """Query parameters of ``GET /api/jobs/``; a bad value is a 400 keyed by the parameter."""
 
-    status = CommaSeparatedStatusField(
-        required=False, help_text="Only jobs in these statuses (comma-separated or repeated)."
+    status = CommaSeparatedChoiceField(
+        choices=Status, required=False, help_text="Only jobs in these statuses (comma-separated or repeated)."
     )
     type = serializers.CharField(required=False, max_length=100, help_text="Only jobs of this type.")
     created_after = serializers.DateTimeField(required=False, help_text="Created at or after (ISO 8601).")
@@ -190,23 +242,6 @@ class JobFilterSerializer(serializers.Serializer):
     page_size = serializers.IntegerField(
         required=False, min_value=1, help_text="Jobs per page (default 50); above 500 counts as 500."
     )
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(self.initial_data) - set(self.fields))
-        if unknown:
-            allowed = ", ".join(self.fields)
-            raise serializers.ValidationError(
-                {name: [f"unknown query parameter; allowed: {allowed}"] for name in unknown}
-            )
-        getlist = getattr(self.initial_data, "getlist", lambda name: [self.initial_data[name]])
-        blank = [name for name in self.initial_data if not any(str(value).strip() for value in getlist(name))]
-        if blank:
-            # An empty filter would otherwise be read as "not given" and list everything.
-            raise serializers.ValidationError({name: ["must not be empty; leave the parameter out"] for name in blank})
-        after, before = attrs.get("created_after"), attrs.get("created_before")
-        if after is not None and before is not None and after >= before:
-            raise serializers.ValidationError({"created_before": ["must be later than created_after"]})
-        return attrs
 
 
 class JobTypeSerializer(serializers.Serializer):

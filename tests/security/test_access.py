@@ -408,3 +408,68 @@ def test_tenant_staff_cannot_move_themselves_into_another_tenant_through_the_adm
     url = reverse("admin:results_membership_change", args=[membership.pk])
     tenant_staff.post(url, {"user": ops.pk, "tenant": globex.pk})
     assert Membership.objects.get(user=ops).tenant.name == "acme"
+
+
+@pytest.mark.django_db
+def test_superusers_and_staff_without_a_tenant_see_every_tenant_tenant_staff_and_users_only_theirs(make_user, bob):
+    # The one scoping rule (results.querysets): a Membership scopes staff like the tenant's users;
+    # only superusers (with or without one) and staff acting for no tenant see every tenant.
+    from results.querysets import scoped_by_job, sees_every_tenant
+
+    globex = jobs_in_every_state(bob)
+    letter = DeadLetter.objects.create(message_key=str(globex.failed.pk), job=globex.failed, reason="non_retryable")
+    poison = DeadLetter.objects.create(message_key="poison-1", reason="unknown_task")
+    loner = make_user("loner")
+    own = jobs_in_every_state(loner)  # no tenant: their own jobs
+    users = {
+        "superuser with a tenant": (make_user("root-acme", tenant="acme", superuser=True), True),
+        "staff without a tenant": (make_user("ops", staff=True), True),
+        "staff with a tenant": (make_user("ops-acme", tenant="acme", staff=True), False),
+        "user with a tenant": (make_user("carol", tenant="acme"), False),
+        "user without a tenant": (loner, False),
+    }
+    for who, (user, everything) in users.items():
+        assert sees_every_tenant(user) is everything, who
+        jobs = {str(pk) for pk in Job.objects.visible_to(user).values_list("pk", flat=True)}
+        letters = set(scoped_by_job(DeadLetter.objects.all(), user).values_list("pk", flat=True))
+        if everything:
+            assert jobs >= globex.ids | own.ids and letters == {letter.pk, poison.pk}, who
+        else:
+            assert jobs == (own.ids if user is loner else set()) and letters == set(), who
+    # Through the API and the admin alike.
+    for user, status in ((users["staff with a tenant"][0], 404), (users["superuser with a tenant"][0], 200)):
+        assert client_for(user).get(f"/api/jobs/{globex.failed.pk}/").status_code == status
+        assert client_for(user).get(f"/api/dead-letters/{letter.pk}/").status_code == status
+        browser = Client()
+        browser.force_login(user)
+        user.user_permissions.add(*Permission.objects.filter(content_type__app_label="results"))
+        page = browser.get(reverse("admin:results_job_change", args=[globex.failed.pk]))
+        assert page.status_code == (200 if status == 200 else 302), (user, page.status_code)
+
+
+@pytest.mark.django_db
+def test_only_superusers_see_or_change_tenants_and_memberships_in_the_admin(make_user, bob):
+    # Who belongs to which tenant decides what everyone sees: model permissions are not enough.
+    membership = Membership.objects.get(user=bob)
+    for user in (make_user("ops-acme", tenant="acme", staff=True), make_user("ops", staff=True)):
+        user.user_permissions.add(*Permission.objects.filter(content_type__app_label="results"))
+        browser = Client()
+        browser.force_login(user)
+        for url in (
+            reverse("admin:results_tenant_changelist"),
+            reverse("admin:results_tenant_add"),
+            reverse("admin:results_tenant_change", args=[membership.tenant_id]),
+            reverse("admin:results_membership_changelist"),
+            reverse("admin:results_membership_add"),
+            reverse("admin:results_membership_change", args=[membership.pk]),
+            reverse("admin:results_membership_delete", args=[membership.pk]),
+        ):
+            assert browser.get(url).status_code in {302, 403}, (user.username, url)
+        browser.post(reverse("admin:results_membership_add"), {"user": user.pk, "tenant": membership.tenant_id})
+        assert not Membership.objects.filter(user=user, tenant=membership.tenant).exists()
+        index = browser.get(reverse("admin:index")).content.decode()
+        assert "/admin/results/membership/" not in index and "/admin/results/tenant/" not in index
+    root = Client()
+    root.force_login(make_user("root", superuser=True))
+    assert root.get(reverse("admin:results_membership_changelist")).status_code == 200
+    assert root.get(reverse("admin:results_tenant_change", args=[membership.tenant_id])).status_code == 200

@@ -8,12 +8,13 @@ to the ways a client can lie about sizes, and to the submit throttle's per-user 
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
 
-from results.models import Job
+from results.models import DeadLetter, Job
 from tests.security.conftest import assert_error_shape, client_for, job_for
 
 SLEEP = {"type": "diagnostics.sleep", "payload": {}}
@@ -279,3 +280,90 @@ def test_a_number_json_cannot_represent_is_refused_on_every_submit_path(alice, n
     bulk = post_raw(api, "/api/jobs/bulk/", f'{{"jobs": [{{"type": "webhook.deliver", "payload": {payload}}}]}}')
     assert_error_shape(bulk, 400)
     assert not Job.objects.exists()
+    # A dead letter replayed with an edited payload is a submission too.
+    letter = failed_webhook_letter(alice)
+    replay = post_raw(api, f"/api/dead-letters/{letter.pk}/replay/", f'{{"payload": {payload}}}')
+    assert "payload" in assert_error_shape(replay, 400)["errors"]
+    assert Job.objects.count() == 1  # the failed job alone: nothing was replayed
+    assert DeadLetter.objects.get(pk=letter.pk).status == "open"
+
+
+def failed_webhook_letter(user: Any) -> DeadLetter:
+    """An open dead letter of ``user``'s failed webhook job, as the dead-letter path records it."""
+    from tasks.dead_letter import message_for_job, store
+
+    job = job_for(user, "webhook.deliver", {"url": "http://x.test/hook"})
+    claim = Job(pk=job.pk).mark_started(worker="w1@test")
+    assert Job(pk=job.pk).mark_failed(attempt=claim.attempt, error_type="PermanentError", error_message="410 Gone")
+    return store(message_for_job(Job.objects.get(pk=job.pk), reason="non_retryable"))[0]
+
+
+@pytest.mark.django_db
+def test_a_batch_over_the_remaining_budget_is_refused_whole_with_retry_after(submit_rate, alice):
+    submit_rate("5/min")
+    api = client_for(alice)
+    assert api.post("/api/jobs/bulk/", {"jobs": [SLEEP] * 3}, format="json").status_code == 202
+    throttled = api.post("/api/jobs/bulk/", {"jobs": [SLEEP] * 3}, format="json")
+    assert assert_error_shape(throttled, 429)["errors"] == {}
+    assert 1 <= int(throttled["Retry-After"]) <= 60
+    assert Job.objects.count() == 3  # nothing of the refused batch, and it spent nothing:
+    assert api.post("/api/jobs/bulk/", {"jobs": [SLEEP] * 2}, format="json").status_code == 202
+    assert_error_shape(api.post("/api/jobs/", SLEEP, format="json"), 429)
+    assert Job.objects.count() == 5
+
+
+@pytest.mark.django_db
+def test_a_batch_larger_than_the_whole_submit_rate_is_refused_with_400_not_a_retry_after(submit_rate, alice):
+    # No wait would let 4 jobs through a rate of 3 a minute: telling the client to retry would loop.
+    submit_rate("3/min")
+    api = client_for(alice)
+    body = assert_error_shape(api.post("/api/jobs/bulk/", {"jobs": [SLEEP] * 4}, format="json"), 400)
+    assert "at most 3" in body["errors"]["jobs"][0]
+    assert api.post("/api/jobs/bulk/", {"jobs": [SLEEP] * 3}, format="json").status_code == 202
+    assert Job.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_older_than_beyond_its_maximum_is_a_400_on_the_parameter(alice):
+    from results.api.dead_letters import OLDER_THAN_MAX
+
+    api = client_for(alice)
+    assert api.get("/api/dead-letters/", {"older_than": OLDER_THAN_MAX}).status_code == 200
+    for value in (OLDER_THAN_MAX + 1, 10**15, 10**30):
+        body = assert_error_shape(api.get("/api/dead-letters/", {"older_than": value}), 400)
+        assert list(body["errors"]) == ["older_than"], value
+
+
+#: A valid value for each kind of single-valued list parameter (by its schema).
+SAMPLE_VALUES = {
+    "date-time": "2020-01-01T00:00:00Z",
+    "uuid": str(uuid.UUID(int=1)),
+    "int64": "1",
+    "integer": "1",
+    "string": "x",
+}
+
+
+@pytest.mark.django_db
+def test_a_repeated_single_valued_query_parameter_is_refused_with_400(alice):
+    # ?type=a&type=b would otherwise be read as one of the two, silently; lists may repeat.
+    from django.test import Client
+
+    api = client_for(alice)
+    schema = Client().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    checked = []
+    for path, name in list_query_parameters():
+        parameter = next(p for p in schema["paths"][path]["get"]["parameters"] if p["name"] == name)
+        kind = parameter["schema"].get("format") or parameter["schema"]["type"]
+        if kind == "array":
+            value = parameter["schema"]["items"]["enum"][0]
+            assert api.get(f"{path}?{name}={value}&{name}={value}").status_code == 200, (path, name)
+            continue
+        value = SAMPLE_VALUES[kind]
+        body = assert_error_shape(api.get(f"{path}?{name}={value}&{name}={value}"), 400)
+        assert body["errors"] == {name: [f"give {name} once"]}, (path, body)
+        checked.append(name)
+    assert {"type", "created_after", "page_size", "older_than", "cursor"} <= set(checked)
+    job = job_for(alice)
+    assert_error_shape(api.get(f"/api/jobs/{job.pk}/?wait=1&wait=1"), 400)
+    assert "x" in assert_error_shape(api.get("/api/dead-letters/stats/?x=1"), 400)["errors"]

@@ -177,3 +177,30 @@ def _record_text(record: logging.LogRecord) -> str:
 def _context(text: str, width: int = 300) -> str:
     at = text.find(SECRET)
     return text[max(0, at - width) : at + width]
+
+
+@pytest.mark.django_db
+def test_a_dead_letter_message_shows_no_payload_in_its_log_and_result_representation():
+    # The dead-letter message carries the failed job's payload (a replay runs it), but Celery shows
+    # its argsrepr/kwargsrepr in "Task received" lines, task events and django-celery-results rows
+    # (task_kwargs, shown in the admin across tenants). Celery's own repr is cut at 1024
+    # characters and 3 levels, which hid nested values behind a long traceback, not a top-level
+    # one (a webhook URL holding its token) behind a short traceback (a worker lost).
+    from unittest import mock
+
+    from project.celery import app
+    from tasks.dead_letter import dead_letter_job
+
+    job = submit("webhook.deliver", {"url": f"http://127.0.0.1:{closed_port()}/hook?token={SECRET}"})
+    claim = Job(pk=job.pk).mark_started(worker="w1@test")
+    assert Job(pk=job.pk).mark_failed(
+        attempt=claim.attempt, error_type="worker_lost", error_message="the worker died", traceback=""
+    )
+    sent = []
+    with mock.patch.object(app.amqp, "send_task_message", lambda producer, name, message, **kw: sent.append(message)):
+        assert dead_letter_job(job.pk)
+    (message,) = sent
+    assert SECRET in json.dumps(message.body)  # kept for the replay, in the message itself
+    shown = f"{message.headers['argsrepr']} {message.headers['kwargsrepr']}"
+    assert str(job.pk) in shown  # the repr still says which job the dead letter is about
+    assert SECRET not in shown, shown
