@@ -148,7 +148,9 @@ class Job(models.Model):
     time_limit = models.PositiveIntegerField(default=300, help_text="Hard time limit of one attempt, seconds.")
 
     created_at = models.DateTimeField(default=timezone.now)
-    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="Empty: the message is not published yet.")
+    dispatched_at = models.DateTimeField(
+        null=True, blank=True, help_text="Empty: the broker refused the message; the reaper publishes it."
+    )
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     next_retry_at = models.DateTimeField(null=True, blank=True)
@@ -285,6 +287,16 @@ class Job(models.Model):
                     dispatched_at=Now(), version=F("version") + 1, updated_at=Now()
                 )
         return marked
+
+    @staticmethod
+    def mark_many_undispatched(job_ids: list[Any]) -> int:
+        """Take back the published mark of queued jobs whose message the broker refused."""
+        return sum(
+            Job.objects.filter(pk__in=job_ids[start : start + 1000], status=Status.QUEUED).update(
+                dispatched_at=None, version=F("version") + 1, updated_at=Now()
+            )
+            for start in range(0, len(job_ids), 1000)
+        )
 
     def mark_started(self, *, worker: str) -> Claim | None:
         """Claim the job for one attempt; None means it is terminal (or cancelled) and must not run.

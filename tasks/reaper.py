@@ -174,14 +174,22 @@ def reap_lost_running(this: Pass) -> dict[str, int]:
 
 # -- retrying, but the retry message is gone ------------------------------------------------------
 def redispatch_overdue_retries(this: Pass) -> int:
-    """Retrying jobs whose next attempt is TERMINUS_REAPER_RETRY_AFTER overdue are published again."""
+    """Retrying jobs whose next attempt is TERMINUS_REAPER_RETRY_AFTER overdue are published again.
+
+    On a queue with canaries (tasks/health.py), only once it consumed a canary sent after the retry
+    was due (``next_retry_at``, also when the reaper last published it): until then its message may
+    just be waiting in a backlog, and a second copy would run alongside it.
+    """
     done = 0
     cutoff = timezone.now() - timedelta(seconds=settings.TERMINUS_REAPER_RETRY_AFTER)
+    passed = dict(QueueCanary.objects.values_list("queue", "last_consumed_sent_at"))
     for job in Job.objects.filter(status=Status.RETRYING, next_retry_at__lt=cutoff).order_by("next_retry_at")[
         : _batch()
     ]:
         if this.broker_down:
             break  # the rest waits for the next tick
+        if job.queue in passed and (passed[job.queue] is None or passed[job.queue] <= job.next_retry_at):
+            continue  # its queue has not moved past it yet: a backlog (or no consumer), not a lost message
         if not _claim(job, status=Status.RETRYING, next_retry_at=Now()):
             continue
         if not this.publish("re-dispatch", job.pk, lambda job=job: publish(job, retries=job.attempts)):
@@ -218,9 +226,11 @@ def redispatch_lost_queued(this: Pass) -> int:
     """Queued jobs published long ago that never started, though their queue has moved past them.
 
     "Moved past" is what the canaries prove (tasks/health.py): the queue consumed a canary published
-    after the job was due, so in a FIFO queue the job's message is gone (a Redis restart without
+    after the job was due and after its message was last published (``dispatched_at``, which a
+    re-dispatch moves), so in a FIFO queue the job's message is gone (a Redis restart without
     persistence, a purge). A queue in a backlog, or with no consumer at all, has consumed no such
-    canary: its jobs are left alone (the deadline still ends them).
+    canary: its jobs are left alone (the deadline still ends them), and so is a message this reaper
+    published again that is still waiting behind the backlog.
     """
     done = 0
     now = timezone.now()
@@ -237,7 +247,7 @@ def redispatch_lost_queued(this: Pass) -> int:
         due = Q()
         for name, budget in budgets.items():
             due |= Q(type=name, terminal_by__lt=horizon + timedelta(seconds=budget))
-        lost = Job.objects.filter(due, status=Status.QUEUED, queue=queue, dispatched_at__lt=min_age)
+        lost = Job.objects.filter(due, status=Status.QUEUED, queue=queue, dispatched_at__lt=horizon)
         for job in lost.order_by("terminal_by")[: _batch()]:
             if this.broker_down:
                 return done

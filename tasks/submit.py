@@ -266,6 +266,7 @@ def _new_job(
         retry_of=retry_of,
         created_at=now,
         updated_at=now,
+        dispatched_at=now,  # taken back if the broker refuses the message (dispatch)
         terminal_by=now + timedelta(seconds=job_type.deadline_budget(countdown or 0)),
         terminal_hook=HookState.PENDING if job_type.on_terminal else HookState.NONE,
     )
@@ -298,11 +299,11 @@ PAYLOAD_REPR = "{<payload not logged>}"
 
 
 def dispatch_many(jobs: list[Job], *, countdowns: dict[Any, int | None] | None = None) -> int:
-    """Publish many jobs in one broker round trip where the transport batches; one UPDATE marks them.
+    """Publish many jobs in one broker round trip where the transport batches (a Redis pipeline).
 
-    Jobs count as published only once the batch is flushed. If the flush fails, some messages may
-    be in the broker while their jobs stay undispatched: the reaper publishes those again, and the
-    claim makes the duplicate harmless.
+    Jobs count as published only once the batch is flushed; if the flush fails, their published
+    mark is taken back. Some messages may then be in the broker while their jobs stay
+    undispatched: the reaper publishes those again, and the claim makes the duplicate harmless.
     """
     countdowns = countdowns or {}
     if not jobs:
@@ -323,7 +324,9 @@ def dispatch_many(jobs: list[Job], *, countdowns: dict[Any, int | None] | None =
             len(jobs),
             exc_info=True,
         )
-    Job.mark_many_dispatched(published)
+    done = set(published)
+    Job.mark_many_undispatched([job.pk for job in jobs if job.pk not in done and job.dispatched_at is not None])
+    Job.mark_many_dispatched([job.pk for job in jobs if job.pk in done and job.dispatched_at is None])
     return len(published)
 
 
@@ -335,7 +338,10 @@ def _find_by_idempotency_key(key: str, *, owner: Any, tenant: Tenant | None) -> 
 def dispatch(job: Job, *, countdown: float | None = None) -> bool:
     """Publish the job's message (same id every time, so a re-dispatch cannot run it twice).
 
-    Returns False, leaving the record queued and undispatched, when the broker cannot be reached.
+    A new job is recorded as dispatched (``dispatched_at`` set in its INSERT) and the mark is
+    taken back if the broker refuses the message: the happy path then costs no second write of
+    the row. Returns False, leaving the record queued and undispatched (the reaper publishes it
+    later), when the broker cannot be reached.
     """
     job_type = get_job_type(job.type)
     if job_type is None:  # a type removed from the code while jobs of it were queued
@@ -347,8 +353,11 @@ def dispatch(job: Job, *, countdown: float | None = None) -> bool:
         publish(job, countdown=countdown)
     except Exception:
         logger.warning("job %s recorded but not published (broker unavailable); it stays queued", job.pk, exc_info=True)
+        if job.dispatched_at is not None:
+            Job.mark_many_undispatched([job.pk])
         return False
-    Job(pk=job.pk).mark_dispatched()
+    if job.dispatched_at is None:  # the reaper publishing a job the broker refused at submit
+        Job(pk=job.pk).mark_dispatched()
     return True
 
 

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import connection
 
 from results.models import TERMINAL_STATUSES, AttemptOutcome, Job, JobAttempt
-from tests.conftest import wait_for
+from tests.conftest import ARTIFACTS, wait_for
 
 CHAOS_JOBS = int(os.environ.get("CHAOS_JOBS", "120"))
 
@@ -185,9 +185,12 @@ def proxied_database_url(proxy: TcpProxy) -> str:
     return f"postgres://{db['USER']}@127.0.0.1:{proxy.port}/{db['NAME']}"
 
 
-def report(name: str, job_ids: list[Any], *, timeout: float = 180) -> dict[str, int]:
+def report(
+    name: str, job_ids: list[Any], *, timeout: float = 180, extra: Callable[[], dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Wait for the batch, then print and return its figures: every job terminal, none lost,
-    no job completed twice, none past its deadline."""
+    no job completed twice, none past its deadline; ``extra()`` adds the scenario's own figures
+    (read once the batch is terminal) to the same line."""
     wait_for(
         lambda: Job.objects.filter(pk__in=job_ids, status__in=TERMINAL_STATUSES).count() == len(job_ids),
         timeout=timeout,
@@ -206,9 +209,154 @@ def report(name: str, job_ids: list[Any], *, timeout: float = 180) -> dict[str, 
         "redelivered": JobAttempt.objects.filter(job_id__in=job_ids, outcome=AttemptOutcome.LOST).count(),
         "past_deadline": jobs.past_deadline().count(),
     }
+    if extra is not None:
+        figures.update(extra())
+    if figures["duplicates"]:
+        _print_odd_attempts(job_ids)
     print(f"{name}: " + ", ".join(f"{key} {value}" for key, value in figures.items()))
     return figures
 
 
+def _print_odd_attempts(job_ids: list[Any]) -> None:
+    """For a failing figure: the attempt history of each job whose succeeded attempts are not exactly one."""
+    from django.db.models import Count, Q
+
+    odd = (
+        Job.objects.filter(pk__in=job_ids, status="succeeded")
+        .annotate(wins=Count("attempt_set", filter=Q(attempt_set__outcome=AttemptOutcome.SUCCEEDED)))
+        .exclude(wins=1)
+    )
+    for job in odd[:10]:
+        print(f"  job {job.pk}: attempts {job.attempts}, lost_deliveries {job.lost_deliveries}")
+        for attempt in job.attempt_set.order_by("number"):
+            print(
+                f"    #{attempt.number} {attempt.outcome} {attempt.error_type} on {attempt.worker} "
+                f"{attempt.started_at:%H:%M:%S.%f}-{attempt.finished_at and f'{attempt.finished_at:%H:%M:%S.%f}'}"
+            )
+
+
 def settle(seconds: float) -> None:
     time.sleep(seconds)
+
+
+# -- side effects, the broker the test publishes to, the reaper --------------------------------------
+def effect_figures(job_ids: list[Any]) -> dict[str, int]:
+    """How often each chaos.effect job's side effect landed: ``effects_twice`` jobs applied it more
+    than once, ``effects_missing`` succeeded without it. The batch's effect files are removed."""
+    from tests.reliability.chaos_jobs import effects_dir
+
+    counts = {}
+    for job_id in job_ids:
+        path = effects_dir() / str(job_id)
+        counts[str(job_id)] = len(path.read_bytes().splitlines()) if path.exists() else 0
+    succeeded = {str(pk) for pk in Job.objects.filter(pk__in=job_ids, status="succeeded").values_list("pk", flat=True)}
+    for job_id in job_ids:
+        (effects_dir() / str(job_id)).unlink(missing_ok=True)
+    return {
+        "effects": sum(counts.values()),
+        "effects_twice": sum(1 for n in counts.values() if n > 1),
+        "effects_missing": sum(1 for job_id in succeeded if counts[job_id] == 0),
+    }
+
+
+@contextlib.contextmanager
+def producing_to(url: str) -> Iterator[None]:
+    """Publish from this (test) process to ``url``: the Celery app's pools are rebuilt to use it."""
+    from project.celery import app
+
+    saved = app._pool, app.amqp._producer_pool, app.conf.get("broker_write_url")
+    app.conf.broker_write_url = url
+    app._pool = app.amqp._producer_pool = None
+    try:
+        yield
+    finally:
+        pool = app._pool
+        app.conf.broker_write_url = saved[2]
+        app._pool, app.amqp._producer_pool = saved[0], saved[1]
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                pool.force_close_all()
+
+
+def reaper_did(since: Any, *what: str) -> int:
+    """How many rows the reaper's recorded runs since ``since`` reported for the ``what`` counts."""
+    from results.models import CronRun
+
+    runs = CronRun.objects.filter(cron="reaper", started_at__gte=since, status="succeeded")
+    return sum(int((run.result or {}).get(key, 0)) for run in runs for key in what)
+
+
+#: A reaper that acts within seconds: lost workers after the hard limit + 1 s, lost queued
+#: messages once the queue's canary (every 3 s at most) went past them, overdue retries after 2 s.
+FAST_REAPER = {
+    "TERMINUS_REAPER_GRACE": "1",
+    "TERMINUS_REAPER_QUEUED_AFTER": "2",
+    "TERMINUS_REAPER_RETRY_AFTER": "2",
+    "TERMINUS_CANARY_TIMEOUT": "3",
+}
+
+
+def chaos_env(**env: str) -> dict[str, str]:
+    """Settings for every process of a scenario: the chaos.effect job type is loaded."""
+    from tests.reliability.chaos_jobs import MODULES
+
+    return {"TERMINUS_JOB_MODULES": MODULES, **env}
+
+
+@pytest.fixture
+def start_stack(
+    transactional_db: None, session_worker: Any, alert_sink: Any, mail_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Any]]:
+    """Factory for cron stacks (``celery beat`` with tasks.schedule:Scheduler + a cron worker) that
+    tick every second, as production runs the reaper, health checks and alerts; stopped at teardown."""
+    from tests.tasks.cron_support import start_cron_stack
+
+    stacks: list[Any] = []
+
+    def start(*, beats: int = 1, **env: str) -> Any:
+        name = f"{request.node.name[:40]}-{len(stacks)}"
+        (ARTIFACTS / f"{name}-cron-worker.log").unlink(missing_ok=True)  # this run's lines only
+        stack = start_cron_stack(name, sink=alert_sink, mail_dir=mail_dir, beats=beats, **chaos_env(**env))
+        stacks.append(stack)
+        return stack
+
+    yield start
+    for stack in stacks:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def chaos_job_type() -> Iterator[str]:
+    """chaos.effect, known to this process for the module's tests only (other tests' catalogues of
+    job types stay as the product ships them)."""
+    from tasks.registry import _REGISTRY
+    from tests.reliability import chaos_jobs
+
+    _REGISTRY[chaos_jobs.NAME] = chaos_jobs.JOB_TYPE
+    yield chaos_jobs.NAME
+    _REGISTRY.pop(chaos_jobs.NAME, None)
+
+
+@contextlib.contextmanager
+def supervised(*workers: Any) -> Iterator[list[str]]:
+    """Start a worker again when it exits, as deploy/systemd (Restart=on-failure) and Kubernetes do;
+    yields the list of the restarts made, for the figure line (a crash is reported, not hidden)."""
+    restarted: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            for worker in workers:
+                if worker.alive():
+                    continue
+                restarted.append(f"{worker.name} exited {worker.proc.returncode}")
+                with contextlib.suppress(BaseException):  # a failed start is retried on the next round
+                    worker.start()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield restarted
+    finally:
+        stop.set()
+        watcher.join(timeout=90)

@@ -3,16 +3,33 @@ none completed twice, none past its deadline. Each scenario prints one figure li
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 import signal
+import subprocess
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterator
 
 import pytest
+from django.utils import timezone
 
-from results.models import DeadLetter, Job, Status
+from results.models import TERMINAL_STATUSES, AttemptOutcome, CronRun, DeadLetter, Job, JobAttempt, Status
 from tasks.submit import submit_many
 from tests.conftest import broker_kind, wait_for
-from tests.reliability.conftest import CHAOS_JOBS, proxied_database_url, report
+from tests.reliability.conftest import (
+    CHAOS_JOBS,
+    FAST_REAPER,
+    chaos_env,
+    effect_figures,
+    producing_to,
+    proxied_database_url,
+    reaper_did,
+    report,
+    supervised,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.reliability]
 
@@ -141,3 +158,282 @@ def test_poison_messages_in_a_batch_are_dead_lettered_and_the_batch_finishes(sta
     assert_clean(figures)
     wait_for(lambda: DeadLetter.objects.filter(message_key__in=poison_ids).count() == 5, what="5 poison records")
     print(f"poison: messages 5, dead-lettered {DeadLetter.objects.filter(message_key__in=poison_ids).count()}")
+
+
+# -- the reaper, the broker and the schedulers under fault -------------------------------------------
+# These batches run chaos.effect (tests/reliability/chaos_jobs.py): a job type whose side effect
+# is counted per job, so "applied twice" is measured, not inferred from the attempt rows.
+def effect_batch(queue: str, n: int = CHAOS_JOBS, seconds: float = 0.1) -> list:
+    jobs = []
+    for start in range(0, n, 500):
+        items = [{"type": "chaos.effect", "payload": {"seconds": seconds}, "queue": queue}] * min(500, n - start)
+        jobs += submit_many(items)
+    return [job.pk for job in jobs]
+
+
+def assert_effects_once(figures: dict) -> None:
+    assert figures["effects_twice"] == 0
+    assert figures["effects_missing"] == 0
+    assert figures["effects"] == figures["succeeded"]
+
+
+def test_worker_killed_and_never_restarted_its_running_jobs_are_finished_by_the_reaper(
+    chaos_job_type, start_stack, start_worker, drill_queue
+):
+    # Given the reaper ticking every second (beat + cron worker), and one worker on the batch's queue
+    start_stack(TERMINUS_QUEUES=f"default,slow,{drill_queue}", **FAST_REAPER)
+    doomed = start_worker(drill_queue, concurrency=2, **chaos_env())
+    ids = effect_batch(drill_queue, seconds=0.2)
+    wait_for(lambda: Job.objects.filter(pk__in=ids, status=Status.SUCCEEDED).count() > 10, timeout=60)
+    wait_for(lambda: Job.objects.filter(pk__in=ids, status=Status.RUNNING, worker=doomed.name).exists(), timeout=30)
+    # When the whole worker is SIGKILLed mid-batch and never comes back
+    doomed.kill()
+    killed_at = timezone.now()
+    orphans = set(
+        Job.objects.filter(pk__in=ids, status=Status.RUNNING, worker=doomed.name).values_list("pk", flat=True)
+    )
+    # (a new worker serves what is still queued; the orphans' messages stay unacked in the broker for
+    # the visibility timeout, an hour: only the reaper can end them in time)
+    start_worker(drill_queue, concurrency=2, **chaos_env())
+    figures = report(
+        "worker-lost-no-restart",
+        ids,
+        timeout=120,
+        extra=lambda: {
+            "orphaned": len(orphans),
+            "reaped": reaper_did(killed_at, "lost_requeued", "lost_failed"),
+            "republished_again": reaper_did(killed_at, "retries_redispatched", "queued_redispatched"),
+            **effect_figures(ids),
+        },
+    )
+    # Then every job ended, none twice; each orphan's attempt was closed as lost by the reaper
+    # ("lost"), not by a redelivery ("worker_lost"), and its next attempt succeeded
+    assert_clean(figures)
+    assert_effects_once(figures)
+    assert figures["orphaned"] >= 1
+    assert figures["reaped"] == figures["orphaned"]
+    # ... and published once: its new message waiting behind the backlog was not taken for lost
+    # (a second copy could run alongside the first). A job the dead worker had taken but not yet
+    # started is published again once: it is queued, and its message is in the dead worker's hands.
+    assert figures["republished_again"] <= 2
+    lost = JobAttempt.objects.filter(job_id__in=ids, outcome=AttemptOutcome.LOST)
+    assert set(lost.values_list("job_id", flat=True)) == orphans
+    assert set(lost.values_list("error_type", flat=True)) == {"lost"}
+    assert figures["redelivered"] == len(orphans)
+
+
+def test_redis_restarted_without_persistence_mid_batch_every_job_still_ends(
+    chaos_job_type, private_redis, start_stack, start_worker, drill_queue
+):
+    # Given a deployment on a Redis of its own (no AOF, no RDB): reaper stack and a worker
+    broker = {"CELERY_BROKER_URL": private_redis.url}
+    stack = start_stack(TERMINUS_QUEUES=f"default,slow,{drill_queue}", **FAST_REAPER, **broker)
+    worker = start_worker(f"{drill_queue},dead_letter", concurrency=2, **chaos_env(**broker))
+    with producing_to(private_redis.url):
+        ids = effect_batch(drill_queue, seconds=0.1)
+    wait_for(lambda: Job.objects.filter(pk__in=ids, status=Status.SUCCEEDED).count() > 10, timeout=60)
+    # When Redis crashes and comes back empty: queued and unacked messages are gone
+    in_flight = Job.objects.filter(pk__in=ids).exclude(status__in=TERMINAL_STATUSES).count()
+    restarted_at = timezone.now()
+    with supervised(worker, stack.worker) as crashes:
+        private_redis.restart()
+        # Then the reaper publishes every job whose message was lost, and every job ends, once
+        figures = report(
+            "redis-restart-no-persistence",
+            ids,
+            timeout=120,
+            extra=lambda: {
+                "open_at_restart": in_flight,
+                "redispatched": reaper_did(
+                    restarted_at,
+                    "queued_redispatched",
+                    "retries_redispatched",
+                    "lost_requeued",
+                    "undispatched_dispatched",
+                ),
+                "worker_crashes": len(crashes),
+                **effect_figures(ids),
+            },
+        )
+    if crashes:
+        print(f"  restarted after exiting (kombu 5.7 crash on a broker connection loss): {crashes}")
+    assert_clean(figures)
+    assert_effects_once(figures)
+    assert figures["open_at_restart"] >= 20  # the restart really hit the batch
+    # each job whose message was lost was published again, once (not again while it waited)
+    assert 1 <= figures["redispatched"] <= figures["open_at_restart"]
+
+
+def test_broker_down_at_submit_every_submission_is_accepted_recorded_and_published_later(
+    chaos_job_type, private_redis, start_stack, start_worker, drill_queue, django_user_model
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    # Given a deployment on a broker that is about to stop, and a client with a token
+    broker = {"CELERY_BROKER_URL": private_redis.url}
+    stack = start_stack(TERMINUS_QUEUES=f"default,slow,{drill_queue}", TERMINUS_REAPER_UNDISPATCHED_AFTER="1", **broker)
+    worker = start_worker(f"{drill_queue},dead_letter", concurrency=2, **chaos_env(**broker))
+    token = Token.objects.create(user=django_user_model.objects.create_user("chaos-client")).key
+    body = {"type": "chaos.effect", "payload": {"seconds": 0.05}, "queue": drill_queue}
+
+    def post(_: int) -> tuple[int, str | None, float]:
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+        try:
+            started = time.perf_counter()
+            response = client.post("/api/jobs/", body, format="json")
+            elapsed = time.perf_counter() - started
+        finally:
+            connection.close()  # this thread's; the test database is dropped at the end
+        return response.status_code, (response.json() or {}).get("id"), elapsed
+
+    with supervised(worker, stack.worker) as crashes:
+        # When the broker is down while clients submit (4 at a time) through the API
+        private_redis.stop()
+        with producing_to(private_redis.url), quiet("tasks.submit"), ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(post, range(CHAOS_JOBS)))  # (one warning with a traceback each)
+        # Then every submission was answered 202 with an id, and recorded: queued, never published
+        assert {code for code, _, _ in answers} == {202}, answers[:5]
+        ids = [job_id for _, job_id, _ in answers]
+        assert len(set(ids)) == CHAOS_JOBS
+        assert Job.objects.filter(pk__in=ids).undispatched().count() == CHAOS_JOBS
+        latencies = sorted(elapsed for _, _, elapsed in answers)
+        # When the broker comes back (empty)
+        restored_at = timezone.now()
+        private_redis.start()
+        # Then the reaper's never-published sweep publishes each of them once, and all succeed
+        figures = report(
+            "broker-down-at-submit",
+            ids,
+            timeout=120,
+            extra=lambda: {
+                "accepted": len(ids),
+                "published_by_reaper": reaper_did(restored_at, "undispatched_dispatched"),
+                "submit_p50_s": round(latencies[len(latencies) // 2], 3),
+                "submit_max_s": round(latencies[-1], 3),
+                "worker_crashes": len(crashes),
+                **effect_figures(ids),
+            },
+        )
+    if crashes:
+        print(f"  restarted after exiting (kombu 5.7 crash on a broker connection loss): {crashes}")
+    assert_clean(figures)
+    assert_effects_once(figures)
+    assert figures["published_by_reaper"] == CHAOS_JOBS
+    assert set(Job.objects.filter(pk__in=ids).values_list("attempts", flat=True)) == {1}
+    assert figures["submit_max_s"] < 5, "a submission waited on the dead broker"
+
+
+@contextlib.contextmanager
+def quiet(name: str) -> Iterator[None]:
+    """Keep a logger's expected warnings out of the test's output."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+CRON_DONE = re.compile(r"cron (\S+): tick (\S+ \S+) done in")
+
+
+def test_two_beats_at_once_run_each_cron_tick_once_and_the_batch_is_unaffected(
+    chaos_job_type, start_stack, start_worker, drill_queue
+):
+    from tests.tasks.cron_support import BEAT_READY
+
+    # Given two beats on the project's scheduler sending every cron every second or two
+    stack = start_stack(beats=2)
+    assert all(BEAT_READY in beat.log() for beat in stack.beats)
+    since = timezone.now()
+    start_worker(drill_queue, concurrency=2, **chaos_env())
+    ids = effect_batch(drill_queue, seconds=0.1)
+    wait_for(
+        lambda: CronRun.objects.filter(cron="reaper", started_at__gte=since, status="succeeded").count() >= 6,
+        timeout=60,
+        what="six reaper ticks",
+    )
+
+    def ticks() -> dict[str, int]:
+        for beat in stack.beats:  # no send after this; let the last runs finish and log
+            beat.stop()
+        time.sleep(2)
+        runs = list(CronRun.objects.filter(started_at__gte=since))
+        bodies = Counter(CRON_DONE.findall(stack.worker.log()))
+        sends = [sum("Sending due task" in line for line in beat.log().splitlines()) for beat in stack.beats]
+        return {
+            "ticks": len(runs),
+            "sends": sum(sends),
+            "sends_per_beat_min": min(sends),
+            "refused": sum(run.duplicates for run in runs),
+            "ran_twice": sum(1 for n in bodies.values() if n > 1),
+            "succeeded_without_one_body": sum(
+                1 for run in runs if run.status == "succeeded" and bodies[(run.cron, str(run.tick))] != 1
+            ),
+            **effect_figures(ids),
+        }
+
+    figures = report("two-beats", ids, extra=ticks)
+    assert_clean(figures)
+    assert_effects_once(figures)
+    assert figures["ticks"] >= 6
+    assert figures["sends_per_beat_min"] >= 6  # both beats really sent
+    assert figures["refused"] >= 3  # ... the same ticks, and the second send was refused
+    assert figures["ran_twice"] == 0
+    assert figures["succeeded_without_one_body"] == 0
+    for cron in ("reaper", "health"):
+        recorded = list(CronRun.objects.filter(cron=cron, started_at__gte=since).values_list("tick", flat=True))
+        assert len(recorded) == len(set(recorded)), f"{cron}: a tick recorded twice"
+
+
+def test_sigterm_rolling_restart_finishes_or_requeues_every_running_job(chaos_job_type, start_worker, drill_queue):
+    # Given two workers on a batch of jobs that take a little time
+    workers = [start_worker(drill_queue, concurrency=2, **chaos_env()) for _ in range(2)]
+    ids = effect_batch(drill_queue, seconds=0.6)
+    restarts, busy_at_sigterm, shutdown_seconds = 0, 0, []
+    # When they are replaced one after another: a new worker starts, then the oldest gets SIGTERM
+    for _ in range(4):
+        old = workers.pop(0)
+        wait_for(
+            lambda old=old: (
+                Job.objects.filter(pk__in=ids, status=Status.RUNNING, worker=old.name).exists()
+                or not Job.objects.filter(pk__in=ids).open().exists()
+            ),
+            timeout=60,
+            what=f"{old.name} to be running a job",
+        )
+        workers.append(start_worker(drill_queue, concurrency=2, **chaos_env()))
+        busy = Job.objects.filter(pk__in=ids, status=Status.RUNNING, worker=old.name).count()
+        started = time.monotonic()
+        old.proc.send_signal(signal.SIGTERM)
+        try:
+            code = old.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            old.kill()
+            pytest.fail(f"{old.name} did not finish its warm shutdown within 60 s:\n{old.log()[-3000:]}")
+        shutdown_seconds.append(time.monotonic() - started)
+        assert code == 0, f"{old.name} exited {code}:\n{old.log()[-3000:]}"
+        restarts += 1
+        busy_at_sigterm += busy
+    # Then every running job was finished by its worker or handed back unstarted: none lost, none twice
+    figures = report(
+        "sigterm-rolling-restart",
+        ids,
+        extra=lambda: {
+            "restarts": restarts,
+            "running_at_sigterm": busy_at_sigterm,
+            "shutdown_max_s": round(max(shutdown_seconds), 1),
+            **effect_figures(ids),
+        },
+    )
+    assert_clean(figures)
+    assert_effects_once(figures)
+    assert figures["redelivered"] == 0
+    assert figures["running_at_sigterm"] >= 3
+    assert set(Job.objects.filter(pk__in=ids).values_list("attempts", flat=True)) == {1}

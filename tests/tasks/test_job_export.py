@@ -39,10 +39,11 @@ def read_export(job: Job) -> str:
 def heartbeats(job: Job) -> int:
     """Heartbeats the job's single attempt wrote: every write bumps ``version`` by one.
 
-    Submit creates version 1; dispatch (if it won the race with the worker) sets dispatched_at and
-    bumps it; the claim and the success bump it once each. Everything else is a heartbeat.
+    Submit creates version 1 (recorded as dispatched: publishing writes nothing more when the
+    broker takes the message); the claim and the success bump it once each. Everything else is a
+    heartbeat.
     """
-    return job.version - 1 - (job.dispatched_at is not None) - 1 - 1
+    return job.version - 1 - 1 - 1
 
 
 @pytest.fixture

@@ -188,6 +188,7 @@ def test_a_job_never_published_because_the_broker_was_down_is_published_by_the_r
         "diagnostics.sleep", {"seconds": 0}, owner=None, tenant=None, queue=None, countdown=None,
         correlation_id=None, now=timezone.now(),
     )  # fmt: skip
+    job.dispatched_at = None  # the mark submit takes back when the broker refuses the message
     job.save(force_insert=True)
     assert Job.objects.undispatched().filter(pk=job.pk).exists()
     # Then the reaper publishes it and a worker runs it

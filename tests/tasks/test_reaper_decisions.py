@@ -107,6 +107,7 @@ def test_two_reapers_claim_one_redispatch():
         "diagnostics.sleep", {"seconds": 0}, owner=None, tenant=None, queue=None, countdown=None,
         correlation_id=None, now=timezone.now(),
     )  # fmt: skip
+    job.dispatched_at = None  # refused by the broker at submit
     job.save(force_insert=True)
 
     def claim() -> bool:
