@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--variants",
         default=None,
         help=(
-            "worker variants; NAME+experiment measures a candidate change, e.g. terminus+async-claim "
+            "worker variants; NAME+experiment measures a candidate change, e.g. terminus+no-record-writes "
             f"(default {','.join(BASE_VARIANTS + EXTRA_VARIANTS)}; quick {','.join(BASE_VARIANTS)})"
         ),
     )
@@ -125,6 +125,11 @@ def rotated(items: list[str], repeat: int) -> list[str]:
     return items[shift:] + items[:shift]
 
 
+def _queue_base(name: str) -> str:
+    base = split_variant(name)[0]
+    return "dcr" if base == "dcr_noreuse" else base
+
+
 def split_variant(name: str) -> tuple[str, list[str]]:
     """``terminus+async-claim`` -> ("terminus", ["async-claim"]); ``dcr_noreuse`` -> ("dcr_noreuse", [])."""
     from . import experiments
@@ -163,6 +168,8 @@ def run_workers(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
         def measure(name: str, fn: Any, *fn_args: Any, **fn_kwargs: Any) -> Any:
             base, exps = split_variant(name)
+            if fn is workers.drain and "no-record-writes" in exps:
+                fn_kwargs["records"] = False  # that breakdown writes no record by design
             with experiments.active(exps):  # the runner's side of the change (submission)
                 return fn(pool[worker_key(name)], "dcr" if base == "dcr_noreuse" else base, *fn_args, **fn_kwargs)
 
@@ -186,12 +193,17 @@ def run_workers(args: argparse.Namespace, results: dict[str, Any]) -> None:
                         flush=True,
                     )
         if "latency" in args.phases:
-            dcr_like = [v for v in args.variant_list if split_variant(v)[0] in ("dcr", "dcr_noreuse")]
-            # Two variants on one queue cannot take turns (both workers would consume it): the
-            # connection-per-task variant gets a latency round of its own.
-            groups = [[v for v in args.variant_list if v != "dcr_noreuse"]]
-            if "dcr_noreuse" in args.variant_list and len(dcr_like) > 1:
-                groups.append(["dcr_noreuse"])
+            # Two variants on one queue cannot take turns (both workers would consume it): a
+            # variant sharing its queue with an earlier one gets a latency round of its own.
+            groups: list[list[str]] = []
+            for name in args.variant_list:
+                queue = VARIANTS[_queue_base(name)][1]
+                for group in groups:
+                    if all(VARIANTS[_queue_base(other)][1] != queue for other in group):
+                        group.append(name)
+                        break
+                else:
+                    groups.append([name])
             runs = results.setdefault("latency", {})
             for repeat in range(args.repeats):
                 for group in groups:

@@ -16,18 +16,37 @@ after TERMINUS_CLEANUP_MAX_SECONDS and says so (``complete: false``); the next r
 
 A failed job whose dead letter is still open, or whose on_terminal hook has not run yet, is kept
 until that is settled: deleting it would take away what a human or the hook still needs.
+
+**How a batch is deleted.** On PostgreSQL a batch is one statement, committed on its own
+(autocommit): data-modifying CTEs pick the batch through the index (``… ORDER BY finished_at, id
+LIMIT n FOR UPDATE SKIP LOCKED``: a row another transaction holds is skipped, never waited for, and
+the next run takes it), delete the rows that cascade with it, null the ``SET_NULL`` references to
+it, delete its task results and then the batch itself (by ctid: its rows are locked until the
+commit). What cascades and what is nulled comes from the model's ``_meta.related_objects``,
+exactly what the ORM's collector would follow; a relation this does not cover (PROTECT, nested
+cascades, delete signals with receivers) sends the sweep through the ORM instead. The commit is
+asynchronous (``synchronous_commit = off`` for that transaction only): a deletion lost in a
+database crash comes back as an expired row that the next run deletes again, so waiting for the
+disk buys nothing here. Elsewhere (SQLite, the embedded default) each batch is a key query plus the
+ORM's ``delete()`` (``.only("pk")``) in one transaction.
+
+The keyset is bounded from below (``finished_at >= last`` as well as ``(finished_at, id) > last``),
+so each page starts its index scan where the previous one stopped instead of walking every row
+(and every dead index entry) before it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Model, Q, QuerySet
+from django.db import connections, models, transaction
+from django.db.models import Model, Q, QuerySet, signals
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django_celery_results.models import GroupResult, TaskResult
 
@@ -42,6 +61,21 @@ logger = logging.getLogger(__name__)
 
 class OutOfTime(Exception):
     """The run used its time budget; what is left is deleted by the next run."""
+
+
+@dataclass(frozen=True)
+class Linked:
+    """Rows of another table that go with each deleted row: ``model.field == str(pk)`` (no FK)."""
+
+    model: type[Model]
+    field: str
+
+
+#: Commit each PostgreSQL batch without waiting for its WAL flush (see the module docstring).
+ASYNC_COMMIT = True
+
+#: A tracked job stores a django-celery-results row only in odd cases; it goes with the job.
+JOB_TASK_RESULTS = Linked(TaskResult, "task_id")
 
 
 @cron("cleanup")
@@ -87,7 +121,7 @@ def run_cleanup(*, now: datetime | None = None, batch: int | None = None, max_se
 
 
 class Sweep:
-    """Deletes in id-ordered batches (keyset pagination on an indexed column), counting as it goes."""
+    """Deletes in (order, pk)-ordered batches (keyset pagination on an indexed column), counting as it goes."""
 
     def __init__(self, *, batch: int, deadline: float):
         self.batch = batch
@@ -109,34 +143,153 @@ class Sweep:
             .exclude(dead_letter__status=DeadLetterStatus.OPEN)
             .exclude(terminal_hook=HookState.PENDING)
         )
-        self.rows(kind, expired, "finished_at", also=_delete_task_results)
+        self.rows(kind, expired, "finished_at", also=JOB_TASK_RESULTS)
 
-    def rows(
-        self, kind: str, queryset: QuerySet, order: str, *, also: Callable[[list[Any]], int] | None = None
-    ) -> None:
+    def rows(self, kind: str, queryset: QuerySet, order: str, *, also: Linked | None = None) -> None:
         """Delete ``queryset`` batch by batch in (``order``, pk) order."""
         self.deleted.setdefault(kind, 0)
+        delete = SetDelete.plan(queryset, also) or OrmDelete(queryset, also)
         after: tuple[Any, Any] | None = None
         while True:
             self.check_time()
             page = queryset.order_by(order, "pk")
             if after is not None:
-                page = page.filter(Q(**{f"{order}__gt": after[0]}) | Q(**{order: after[0], "pk__gt": after[1]}))
-            keys = list(page.values_list(order, "pk")[: self.batch])
-            if not keys:
+                # The lower bound is what the index scan starts from; the OR makes the order strict.
+                page = page.filter(
+                    Q(**{f"{order}__gt": after[0]}) | Q(**{order: after[0], "pk__gt": after[1]}),
+                    **{f"{order}__gte": after[0]},
+                )
+            found, deleted, last = delete.batch(page, order, self.batch)
+            if not found:
                 return
-            ids = [pk for _, pk in keys]
-            model: type[Model] = queryset.model
-            deleted = model.objects.filter(pk__in=ids).delete()[1].get(model._meta.label, 0)
-            if also is not None:
-                also(ids)
             self.deleted[kind] += deleted
             self.batches += 1
-            after = keys[-1]
-            if len(keys) < self.batch:
+            after = last
+            if found < self.batch:
                 return
 
 
-def _delete_task_results(job_ids: list[Any]) -> int:
-    """django-celery-results rows of deleted jobs (a tracked job stores one only in odd cases)."""
-    return TaskResult.objects.filter(task_id__in=[str(pk) for pk in job_ids]).delete()[0]
+class OrmDelete:
+    """One batch: the keys, then the ORM's ``delete()`` of those rows, in one transaction."""
+
+    def __init__(self, queryset: QuerySet, also: Linked | None):
+        self.model: type[Model] = queryset.model
+        self.db = queryset.db
+        self.also = also
+
+    def batch(self, page: QuerySet, order: str, size: int) -> tuple[int, int, tuple[Any, Any] | None]:
+        """(rows picked, rows of the model deleted, the last (order, pk) picked) of the first ``size`` of ``page``."""
+        with transaction.atomic(using=self.db):
+            keys = list(page.values_list(order, "pk")[:size])
+            if not keys:
+                return 0, 0, None
+            ids = [pk for _, pk in keys]
+            model = self.model
+            # only("pk"): the collector needs the keys, not the payload, result and traceback of each row.
+            deleted = model.objects.filter(pk__in=ids).only("pk").delete()[1].get(model._meta.label, 0)
+            if self.also is not None:
+                linked = self.also.model._base_manager.using(self.db)
+                linked.filter(**{f"{self.also.field}__in": [str(pk) for pk in ids]}).delete()
+        return len(keys), deleted, keys[-1]
+
+
+class SetDelete:
+    """One batch in one PostgreSQL statement: pick (skipping locked rows), cascade, null, delete."""
+
+    def __init__(self, queryset: QuerySet, related: list[str]):
+        self.db = queryset.db
+        self.related = related
+
+    @classmethod
+    def plan(cls, queryset: QuerySet, also: Linked | None) -> SetDelete | None:
+        """What deleting a batch takes, as the ORM's collector would do it; None when only the ORM can."""
+        connection = connections[queryset.db]
+        if connection.vendor != "postgresql":
+            return None
+        quote = connection.ops.quote_name
+        meta = queryset.model._meta
+        if (
+            meta.parents
+            or meta.many_to_many
+            or any(hasattr(field, "bulk_related_objects") for field in meta.private_fields)  # generic relations
+            or _has_delete_receivers(queryset.model)
+        ):
+            return None
+        cascade: dict[str, list[str]] = {}
+        set_null: dict[str, list[str]] = {}
+        for rel in meta.related_objects:
+            related, field = rel.related_model._meta, rel.field
+            if rel.on_delete is models.DO_NOTHING:
+                continue
+            if not (rel.one_to_many or rel.one_to_one) or not field.concrete or field.target_field != meta.pk:
+                return None
+            if rel.on_delete is models.SET_NULL:
+                set_null.setdefault(related.db_table, []).append(quote(field.column))
+            elif rel.on_delete is models.CASCADE and related.db_table != meta.db_table and _leaf(rel.related_model):
+                cascade.setdefault(related.db_table, []).append(quote(field.column))
+            else:
+                return None  # PROTECT, RESTRICT, SET_DEFAULT, SET(), cascades that cascade further
+        if set(cascade) & set(set_null):
+            return None  # one row could be both nulled and deleted by the one statement
+        ids = "ARRAY(SELECT pk FROM doomed)"
+        related = []
+        for table, columns in cascade.items():
+            where = " OR ".join(f"{column} = ANY({ids})" for column in columns)
+            related.append(f"DELETE FROM {quote(table)} WHERE {where}")  # noqa: S608 - quoted names only
+        for table, columns in set_null.items():
+            # One UPDATE per table: one statement must not modify a row twice (a dead letter whose
+            # job and replay job both go). Rows of the batch itself are deleted, not nulled.
+            nulls = ", ".join(f"{c} = CASE WHEN {c} = ANY({ids}) THEN NULL ELSE {c} END" for c in columns)
+            where = " OR ".join(f"{column} = ANY({ids})" for column in columns)
+            if table == meta.db_table:
+                where = f"({where}) AND NOT {quote(meta.pk.column)} = ANY({ids})"
+            related.append(f"UPDATE {quote(table)} SET {nulls} WHERE {where}")  # noqa: S608 - quoted names only
+        if also is not None:
+            if not _leaf(also.model):
+                return None
+            linked = also.model._meta
+            column = quote(linked.get_field(also.field).column)
+            related.append(
+                f"DELETE FROM {quote(linked.db_table)} "  # noqa: S608 - quoted names only
+                f"WHERE {column} = ANY(ARRAY(SELECT CAST(pk AS text) FROM doomed))"
+            )
+        return cls(queryset, related)
+
+    def batch(self, page: QuerySet, order: str, size: int) -> tuple[int, int, tuple[Any, Any] | None]:
+        """(rows picked, rows of the model deleted, the last (order, pk) picked) of the first ``size`` of ``page``."""
+        connection = connections[self.db]
+        table = connection.ops.quote_name(page.model._meta.db_table)
+        # The rows are locked until the commit, so their ctid stays theirs: the batch is deleted by
+        # TID, without one more index probe per row.
+        tid = RawSQL(f"{table}.ctid", ())  # noqa: S611 - a quoted table name, no values
+        page = page.annotate(cleanup_tid=tid).values_list(order, "pk", "cleanup_tid")
+        select, params = page[:size].query.get_compiler(using=self.db).as_sql()
+        ctes = [
+            f"doomed (k, pk, tid) AS ({select} FOR UPDATE OF {table} SKIP LOCKED)",
+            *(f"related_{n} AS ({sql})" for n, sql in enumerate(self.related)),
+            f"gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT tid FROM doomed)) RETURNING 1)",  # noqa: S608
+        ]
+        # Only when the statement is its own transaction: the setting lasts until that commit.
+        lazy = ASYNC_COMMIT and connection.get_autocommit()
+        durability = ", set_config('synchronous_commit', 'off', true)" if lazy else ""
+        sql = (
+            f"WITH {', '.join(ctes)} "  # noqa: S608 - quoted names from the models; every value is a parameter
+            f"SELECT (SELECT count(*) FROM doomed), (SELECT count(*) FROM gone), last.k, last.pk{durability} "
+            "FROM (SELECT 1) AS one "
+            "LEFT JOIN (SELECT k, pk FROM doomed ORDER BY k DESC, pk DESC LIMIT 1) AS last ON true"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            found, deleted, last_key, last_pk = cursor.fetchone()[:4]
+        return found, deleted, (last_key, last_pk) if found else None
+
+
+def _leaf(model: type[Model]) -> bool:
+    """Rows of ``model`` can go by a plain DELETE: nothing refers to them, nobody listens for it."""
+    meta = model._meta
+    return not (meta.related_objects or meta.parents or meta.many_to_many or _has_delete_receivers(model))
+
+
+def _has_delete_receivers(model: type[Model]) -> bool:
+    """Delete signals the ORM would send for ``model`` (a set-based delete sends none)."""
+    return signals.pre_delete.has_listeners(model) or signals.post_delete.has_listeners(model)

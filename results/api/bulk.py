@@ -90,16 +90,13 @@ class BulkSubmitView(APIView):
         jobs = submit_many(
             body.get("jobs"), owner=request.user, tenant=tenant_of(request.user), correlation_id=correlation_id
         )
+        # One reverse() for the batch: the detail URL differs only by the id.
+        url = reverse("api-job-detail", kwargs={"pk": str(jobs[0].pk)}).replace(str(jobs[0].pk), "{}")
         result: dict[str, Any] = {
             "count": len(jobs),
             "correlation_id": jobs[0].correlation_id,
             "jobs": [
-                {
-                    "id": str(job.pk),
-                    "type": job.type,
-                    "status": job.status,
-                    "url": reverse("api-job-detail", kwargs={"pk": str(job.pk)}),
-                }
+                {"id": str(job.pk), "type": job.type, "status": job.status, "url": url.format(job.pk)}
                 for job in jobs
             ],
         }
