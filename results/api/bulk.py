@@ -96,8 +96,7 @@ class BulkSubmitView(APIView):
             "count": len(jobs),
             "correlation_id": jobs[0].correlation_id,
             "jobs": [
-                {"id": str(job.pk), "type": job.type, "status": job.status, "url": url.format(job.pk)}
-                for job in jobs
+                {"id": str(job.pk), "type": job.type, "status": job.status, "url": url.format(job.pk)} for job in jobs
             ],
         }
         return Response(result, status=status.HTTP_202_ACCEPTED, headers={"X-Correlation-ID": result["correlation_id"]})
