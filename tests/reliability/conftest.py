@@ -16,24 +16,119 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.db.models import Sum
 
 from results.models import TERMINAL_STATUSES, AttemptOutcome, Job, JobAttempt
-from tests.conftest import ARTIFACTS, wait_for
+from tests.conftest import ARTIFACTS, broker_kind, wait_for
 
 CHAOS_JOBS = int(os.environ.get("CHAOS_JOBS", "120"))
+REDIS, RABBITMQ = "redis", "rabbitmq"
+
+
+def broker_family() -> str:
+    """``redis`` or ``rabbitmq``: the broker of this run (the embedded filesystem broker is skipped)."""
+    kind = broker_kind()
+    if kind.startswith(("amqp", "pyamqp")):
+        return RABBITMQ
+    return REDIS if kind.startswith("redis") else kind
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     embedded = settings.CELERY_BROKER_URL.startswith("filesystem") or connection.vendor != "postgresql"
+    family = broker_family()
     for item in items:
-        if embedded and "tests/reliability/" in str(item.fspath):
+        if "tests/reliability/" not in str(item.fspath):
+            continue
+        if embedded:
             item.add_marker(pytest.mark.skip(reason="fault injection needs Redis/RabbitMQ + PostgreSQL"))
+            continue
+        callspec = getattr(item, "callspec", None)
+        variant = callspec.params.get("broker") if callspec is not None else None
+        if variant is not None and variant != family:  # skipped here, before any fixture starts a worker
+            item.add_marker(pytest.mark.skip(reason=f"the {variant} variant; this run's broker is {family}"))
+
+
+#: Run a scenario once per broker: each variant runs in the pass on its broker and is skipped in the
+#: others; the RabbitMQ one is marked for the RabbitMQ pass (`pytest -m rabbitmq`).
+on_each_broker = pytest.mark.parametrize(
+    "broker",
+    [pytest.param(REDIS, id=REDIS), pytest.param(RABBITMQ, id=RABBITMQ, marks=pytest.mark.rabbitmq)],
+    indirect=True,
+)
+
+
+@dataclass
+class Broker:
+    """The broker a scenario runs on, and the environment its workers need for the drill queue."""
+
+    name: str
+    worker_env: dict[str, str] = field(default_factory=dict)
+
+    def label(self, scenario: str) -> str:
+        """The figure line's name: ``kill9-worker`` on Redis, ``kill9-worker[rabbitmq]`` on RabbitMQ."""
+        return scenario if self.name == REDIS else f"{scenario}[{self.name}]"
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest, drill_queue: str) -> Iterator[Broker]:
+    """The variant of an ``on_each_broker`` scenario. On RabbitMQ the drill queue is declared as Terminus
+    declares its work queues (with the dead-letter exchange; see CELERY_TASK_QUEUES), by this process
+    and by the workers (TERMINUS_QUEUES), and deleted at the end.
+
+    List it before ``start_worker``: it is then torn down after the workers are stopped."""
+    if request.param != RABBITMQ:
+        yield Broker(request.param)
+        return
+    from kombu import Connection, Exchange, Queue
+
+    from project.celery import app
+
+    arguments = dict(app.amqp.queues["default"].queue_arguments or {})
+    queue = Queue(drill_queue, Exchange(drill_queue, type="direct"), routing_key=drill_queue, queue_arguments=arguments)
+    app.amqp.queues.add(queue)
+    try:
+        yield Broker(RABBITMQ, {"TERMINUS_QUEUES": ",".join(settings.TERMINUS_QUEUES)})
+    finally:
+        app.amqp.queues.pop(drill_queue, None)
+        with contextlib.suppress(Exception), Connection(app.conf.broker_url) as conn:
+            channel = conn.channel()
+            queue(channel).delete()
+            queue.exchange(channel).delete()
+
+
+@contextlib.contextmanager
+def dlx_tap(queue: str) -> Iterator[Callable[[], int]]:
+    """RabbitMQ: count what the broker dead-letters from ``queue``. A queue of the test's own is bound to
+    the dead-letter exchange beside ``dead_letter.raw`` (a direct exchange gives each bound queue a copy);
+    the callable drains it and returns how many copies so far came from ``queue`` (x-death)."""
+    from kombu import Connection, Queue
+
+    from project.celery import app
+
+    raw = app.amqp.queues["dead_letter.raw"]
+    tap = Queue(f"{queue}.dlx-tap", raw.exchange, routing_key=raw.routing_key)
+    origins: list[str] = []
+    with Connection(app.conf.broker_url) as conn:
+        bound = tap(conn.channel())
+        bound.declare()
+
+        def count() -> int:
+            while (message := bound.get(no_ack=True)) is not None:
+                origins.append(str(((message.headers or {}).get("x-death") or [{}])[0].get("queue", "")))
+            return origins.count(queue)
+
+        try:
+            yield count
+        finally:
+            with contextlib.suppress(Exception):
+                bound.delete()
 
 
 def free_port() -> int:
@@ -233,6 +328,19 @@ def _print_odd_attempts(job_ids: list[Any]) -> None:
                 f"    #{attempt.number} {attempt.outcome} {attempt.error_type} on {attempt.worker} "
                 f"{attempt.started_at:%H:%M:%S.%f}-{attempt.finished_at and f'{attempt.finished_at:%H:%M:%S.%f}'}"
             )
+
+
+def claim_figures(job_ids: list[Any]) -> dict[str, int]:
+    """How the claim accounted for redeliveries: a message that comes back while its job is still
+    running (its worker died) adds one to the job's ``lost_deliveries`` and closes the dead attempt as
+    lost (error_type worker_lost) in the same statement (results.fastpath.claim)."""
+    lost = JobAttempt.objects.filter(job_id__in=job_ids, outcome=AttemptOutcome.LOST)
+    counted = Job.objects.filter(pk__in=job_ids).aggregate(n=Sum("lost_deliveries"))["n"] or 0
+    return {
+        "lost_deliveries": counted,
+        "jobs_redelivered": lost.values("job_id").distinct().count(),
+        "lost_not_by_claim": lost.exclude(error_type="worker_lost").count(),
+    }
 
 
 def settle(seconds: float) -> None:
