@@ -1,9 +1,10 @@
 """Poison messages: ones no task can run (undecodable, an unknown task name, malformed).
 
 Celery logs and drops them (on Redis a reject deletes the message). The worker's consumer here
-first turns each into a dead letter, so a human sees it; on RabbitMQ the reject also sends the
-original to the broker's dead-letter exchange, whose queue ``dead_letter.raw`` is drained into
-the same records (one row per message, however it arrives) by tasks.dlx.
+first turns each into a dead letter, so a human sees it. On RabbitMQ the ones Celery rejects (an
+unknown task, a body that is not a task) also reach the broker's dead-letter exchange, whose queue
+``dead_letter.raw`` is drained into the same records (one row per message, however it arrives) by
+tasks.dlx; an undecodable one Celery acknowledges, so only this consumer's record keeps it.
 """
 
 from __future__ import annotations
