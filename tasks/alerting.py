@@ -150,7 +150,7 @@ def alert_dead_letter(dead_letter: DeadLetter) -> None:
     if first_time:
         _log_and_sentry(dead_letter)
     pending = list(Alert.objects.filter(dead_letter=dead_letter).exclude(status=AlertStatus.SENT))
-    _deliver(pending + summaries)
+    deliver(pending + summaries)
 
 
 def _log_and_sentry(dead_letter: DeadLetter) -> None:
@@ -226,7 +226,7 @@ def _summary_alerts(key: str, count: int, since: Any) -> list[Alert]:
     ]
 
 
-def _deliver(alerts: list[Alert]) -> None:
+def deliver(alerts: list[Alert]) -> None:
     """Send each recorded alert; raise (so the task retries) if any failed transiently."""
     by_name = {channel.name: channel for channel in channels()}
     retry: list[str] = []
@@ -274,7 +274,7 @@ def flush_alerts() -> dict[str, int]:
         .select_related("dead_letter")[:500]
     )
     try:
-        _deliver(summaries + retries)
+        deliver(summaries + retries)
     except AlertError:
         logger.warning("some alerts are still failing; the next flush tries again")
     return {"summaries": len(summaries), "retried": len(retries)}

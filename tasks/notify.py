@@ -16,7 +16,7 @@ from django.db import connection
 
 from results.models import Alert
 
-from .alerting import AlertError, _deliver, channels
+from .alerting import AlertError, channels, deliver
 
 logger = logging.getLogger("terminus.alerts")
 
@@ -45,7 +45,7 @@ def ops_alert(key: str, subject: str, text: str, *, recovered: bool = False, bac
 
 def _deliver_quietly(alerts: list[Alert]) -> None:
     try:
-        _deliver(alerts)
+        deliver(alerts)
     except AlertError:
         logger.warning("some operational alerts were not delivered; the alert flush retries them")
 
