@@ -303,7 +303,9 @@ def dispatch_many(jobs: list[Job], *, countdowns: dict[Any, int | None] | None =
 
     Jobs count as published only once the batch is flushed; if the flush fails, their published
     mark is taken back. Some messages may then be in the broker while their jobs stay
-    undispatched: the reaper publishes those again, and the claim makes the duplicate harmless.
+    undispatched: the reaper publishes those again, and the claim refuses the second copy of a
+    job that is terminal by then (one that arrives while the first copy runs counts as a lost
+    delivery: a flush failing half-way is the one known way to get such a pair).
     """
     countdowns = countdowns or {}
     if not jobs:
