@@ -264,19 +264,14 @@ class Job(models.Model):
 
     def mark_dispatched(self) -> bool:
         """Record that the message reached the broker (first publish wins; re-dispatch keeps it)."""
-        if connection.vendor == "postgresql":
-            return fastpath.mark_dispatched([self.pk]) == 1
-        return (
-            # Not conditional on status: a fast worker may have claimed the job already.
-            Job.objects.filter(pk=self.pk, dispatched_at__isnull=True).update(
-                dispatched_at=Now(), version=F("version") + 1, updated_at=Now()
-            )
-            == 1
-        )
+        return Job.mark_many_dispatched([self.pk]) == 1
 
     @staticmethod
     def mark_many_dispatched(job_ids: list[Any]) -> int:
-        """``mark_dispatched`` for a published batch: one statement per 1,000 jobs."""
+        """``mark_dispatched`` for a published batch: one statement per 1,000 jobs.
+
+        Not conditional on status: a fast worker may have claimed a job already.
+        """
         marked = 0
         for start in range(0, len(job_ids), 1000):
             chunk = job_ids[start : start + 1000]
