@@ -184,8 +184,12 @@ def test_a_failing_alert_channel_is_retried_and_the_dead_letter_is_kept(worker, 
     letter = dead_letter_of(job.id)  # persisted before any alert was tried
     hooks = wait_for(lambda: alert_sink.webhooks_for(job.id), timeout=40, what="the retried alert")
     assert len(hooks) == 1
-    alert = Alert.objects.get(dead_letter=letter, channel="webhook")
-    assert alert.status == AlertStatus.SENT and alert.sent_at is not None
+    # (the sink has the webhook before the worker records the alert as sent)
+    alert = wait_for(
+        lambda: Alert.objects.filter(dead_letter=letter, channel="webhook", status=AlertStatus.SENT).first(),
+        what="the alert recorded as sent",
+    )
+    assert alert.sent_at is not None
 
 
 def test_queue_stats_report_open_dead_letters_and_the_oldest_age():
