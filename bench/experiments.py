@@ -56,7 +56,7 @@ def _no_record_writes() -> Callable[[], None]:
     from results.models import Claim, Job
 
     undo_claim = _patch(Job, "mark_started", lambda self, *, worker: Claim(attempt=1, lost_deliveries=0, max_retries=0))
-    undo_success = _patch(Job, "mark_succeeded", lambda self, *, attempt, result: True)
+    undo_success = _patch(Job, "mark_succeeded", lambda self, *, result: True)
     return lambda: (undo_success(), undo_claim())
 
 

@@ -174,7 +174,10 @@ def _job_link(job_id: Any) -> str:
 
 
 class JobAttemptInline(admin.TabularInline):
-    """Every try of the job, as recorded by the worker: history only, never edited."""
+    """Every try of the job that has ended, as recorded: history only, never edited.
+
+    The running attempt lives on the job row (status, worker, started, heartbeat) until it ends.
+    """
 
     model = JobAttempt
     fields = ("number", "outcome", "worker", "started_at", "finished_at", "error_type", "error_message")

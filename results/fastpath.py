@@ -1,7 +1,7 @@
 """PostgreSQL forms of the two hottest transitions, one round trip each.
 
-A job's claim and its success are each three or four ORM statements (update, read back, close or
-open the attempt row) in a transaction. On PostgreSQL, data-modifying CTEs do the same work in a
+A job's claim and its success are each several ORM statements (lock and read, update, read back,
+record the attempt that ended) in a transaction. On PostgreSQL, data-modifying CTEs do the same work in a
 single guarded statement, which is what keeps tracked jobs cheap (see bench/). The ORM forms in
 results.models stay the reference behaviour and serve every other database; the suite runs both.
 """
@@ -30,7 +30,9 @@ def _commit_mode() -> str:
 
 
 def claim(job_id: Any, worker: str) -> tuple[int, int, int, str] | None:
-    """(attempt, lost_deliveries, max_retries, correlation_id) if this worker claimed the job, else None.
+    """(attempt, lost_deliveries, max_retries, correlation_id) if this worker claimed the queued or
+    retrying job, else None: the job is running (a redelivery, which Job.mark_started handles),
+    terminal, cancelled or unknown.
 
     The claim commits asynchronously (``synchronous_commit = off`` for its own transaction only):
     it saves a WAL flush wait per job, and the success write that follows commits synchronously,
@@ -39,32 +41,18 @@ def claim(job_id: Any, worker: str) -> tuple[int, int, int, str] | None:
     finds the job not running and the job is re-dispatched by the reaper, so it still ends
     terminal (at least once, as with any redelivery).
     """
-    job, attempt = _tables()
+    job, _ = _tables()
     sql = f"""
-        WITH claimed AS (
-            UPDATE {job} SET
-                status = 'running', version = version + 1, updated_at = now(), worker = %(worker)s,
-                attempts = attempts + 1,
-                lost_deliveries = lost_deliveries + CASE WHEN status = 'running' THEN 1 ELSE 0 END,
-                started_at = now(), heartbeat_at = now(), next_retry_at = NULL,
-                dispatched_at = COALESCE(dispatched_at, now())
-            WHERE id = %(id)s AND status IN ('queued', 'retrying', 'running')
-            RETURNING id, attempts, lost_deliveries, max_retries, correlation_id
-        ), closed AS (
-            UPDATE {attempt} SET outcome = 'lost', finished_at = now(), error_type = 'worker_lost',
-                error_message = %(lost)s
-            WHERE job_id IN (SELECT id FROM claimed WHERE lost_deliveries > 0) AND outcome = 'running'
-        ), opened AS (
-            INSERT INTO {attempt} (job_id, number, worker, started_at, outcome, error_type, error_message)
-            SELECT id, attempts, %(worker)s, now(), 'running', '', '' FROM claimed
-        )
-        SELECT attempts, lost_deliveries, max_retries, correlation_id,
+        UPDATE {job} SET
+            status = 'running', version = version + 1, updated_at = now(), worker = %(worker)s,
+            attempts = attempts + 1, started_at = now(), heartbeat_at = now(), next_retry_at = NULL,
+            dispatched_at = COALESCE(dispatched_at, now())
+        WHERE id = %(id)s AND status IN ('queued', 'retrying')
+        RETURNING attempts, lost_deliveries, max_retries, correlation_id,
             set_config('synchronous_commit', %(commit)s, true)
-        FROM claimed
     """
-    params = {"id": job_id, "worker": worker, "lost": LOST_MESSAGE, "commit": _commit_mode()}
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, {"id": job_id, "worker": worker, "commit": _commit_mode()})
         row = cursor.fetchone()
     return (int(row[0]), int(row[1]), int(row[2]), row[3]) if row else None
 
@@ -86,8 +74,12 @@ def mark_dispatched(job_ids: list[Any]) -> int:
         return int(cursor.fetchone()[0])
 
 
-def succeed(job_id: Any, attempt_number: int, result: Any) -> bool:
-    """Record success and close the attempt; False if the job was no longer running."""
+def succeed(job_id: Any, result: Any) -> bool:
+    """Record success and the attempt that ended; False if the job was no longer running.
+
+    The transition leaves attempts, worker and started_at as they are, so the row it returns
+    describes the attempt that just ended.
+    """
     job, attempt = _tables()
     sql = f"""
         WITH done AS (
@@ -97,13 +89,15 @@ def succeed(job_id: Any, attempt_number: int, result: Any) -> bool:
                 progress = CASE WHEN progress IS NULL THEN NULL ELSE 1.0 END,
                 error_type = '', error_message = '', traceback = ''
             WHERE id = %(id)s AND status = 'running'
-            RETURNING id
-        ), closed AS (
-            UPDATE {attempt} SET outcome = 'succeeded', finished_at = now(), error_type = '', error_message = ''
-            WHERE job_id IN (SELECT id FROM done) AND number = %(number)s AND outcome = 'running'
+            RETURNING id, attempts, worker, started_at, finished_at
+        ), recorded AS (
+            INSERT INTO {attempt} (job_id, number, worker, started_at, finished_at, outcome, error_type, error_message)
+            SELECT id, attempts, worker, COALESCE(started_at, finished_at), finished_at, 'succeeded', '', ''
+            FROM done
+            ON CONFLICT (job_id, number) DO NOTHING
         )
         SELECT count(*) FROM done
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"id": job_id, "number": attempt_number, "result": json.dumps(result)})
+        cursor.execute(sql, {"id": job_id, "result": json.dumps(result)})
         return cursor.fetchone()[0] == 1

@@ -72,7 +72,7 @@ ALLOWED_SOURCES: dict[str, frozenset[str]] = {
 
 
 class AttemptOutcome(models.TextChoices):
-    RUNNING = "running"  # still executing, or its worker died without a word
+    RUNNING = "running"  # still executing: only in Job.attempt_history(), never a stored row
     SUCCEEDED = "succeeded"
     RETRIED = "retried"  # failed with a transient error; another attempt follows
     FAILED = "failed"
@@ -297,21 +297,22 @@ class Job(models.Model):
         """Claim the job for one attempt; None means it is terminal (or cancelled) and must not run.
 
         A claim from RUNNING is a redelivery whose previous worker died: it counts as a lost
-        delivery and the attempt it interrupted is closed as ``lost``.
+        delivery and the attempt it interrupted is recorded as ``lost``.
         """
         if connection.vendor == "postgresql":
-            row = fastpath.claim(self.pk, worker)
-            return Claim(*row) if row else None
+            row = fastpath.claim(self.pk, worker)  # the common case, queued or retrying: one statement
+            if row:
+                return Claim(*row)
         with transaction.atomic():
+            old = self._lock_for(Status.RUNNING)
+            if old is None:
+                return None
+            redelivered = old["status"] == Status.RUNNING
             won = self._transition(
                 Status.RUNNING,
                 worker=worker,
                 attempts=F("attempts") + 1,
-                lost_deliveries=Case(
-                    When(status=Status.RUNNING, then=F("lost_deliveries") + 1),
-                    default=F("lost_deliveries"),
-                    output_field=models.PositiveIntegerField(),
-                ),
+                lost_deliveries=F("lost_deliveries") + (1 if redelivered else 0),
                 started_at=Now(),
                 heartbeat_at=Now(),
                 next_retry_at=None,
@@ -319,19 +320,13 @@ class Job(models.Model):
             )
             if not won:
                 return None
+            if redelivered:
+                self._record_attempt(old, AttemptOutcome.LOST, "worker_lost", fastpath.LOST_MESSAGE)
             attempt, lost, max_retries, correlation_id = (
                 Job.objects.filter(pk=self.pk)
                 .values_list("attempts", "lost_deliveries", "max_retries", "correlation_id")
                 .get()
             )
-            if lost:
-                JobAttempt.objects.filter(job_id=self.pk, outcome=AttemptOutcome.RUNNING).update(
-                    outcome=AttemptOutcome.LOST,
-                    finished_at=Now(),
-                    error_type="worker_lost",
-                    error_message="the worker running this attempt died; the message was delivered again",
-                )
-            JobAttempt.objects.create(job_id=self.pk, number=attempt, worker=worker)
         return Claim(attempt=attempt, lost_deliveries=lost, max_retries=max_retries, correlation_id=correlation_id)
 
     def heartbeat(self, *, progress: float | None = None, message: str | None = None) -> bool:
@@ -343,71 +338,55 @@ class Job(models.Model):
             fields["progress_message"] = message[:200]
         return Job.objects.filter(pk=self.pk, status=Status.RUNNING).update(**fields) == 1
 
-    def mark_retrying(
-        self, *, attempt: int | None, error_type: str, error_message: str, next_retry_at: datetime
-    ) -> bool:
+    def mark_retrying(self, *, error_type: str, error_message: str, next_retry_at: datetime) -> bool:
         """Record a transient failure; the attempt is closed and the next one scheduled."""
-        with transaction.atomic():
-            won = self._transition(
-                Status.RETRYING,
-                error_type=error_type,
-                error_message=error_message,
-                next_retry_at=next_retry_at,
-                heartbeat_at=None,
-            )
-            if won:
-                self._close_attempt(attempt, AttemptOutcome.RETRIED, error_type, error_message)
-        return won
+        return self._leave(
+            Status.RETRYING,
+            (AttemptOutcome.RETRIED, error_type, error_message),
+            error_type=error_type,
+            error_message=error_message,
+            next_retry_at=next_retry_at,
+            heartbeat_at=None,
+        )
 
-    def mark_succeeded(self, *, attempt: int, result: Any) -> bool:
+    def mark_succeeded(self, *, result: Any) -> bool:
         if connection.vendor == "postgresql":
-            return fastpath.succeed(self.pk, attempt, result)
-        with transaction.atomic():
-            won = self._transition(
-                Status.SUCCEEDED,
-                result=result,
-                finished_at=Now(),
-                next_retry_at=None,
-                progress=Case(
-                    When(progress__isnull=False, then=Value(1.0)), default=None, output_field=models.FloatField()
-                ),
-                error_type="",
-                error_message="",
-                traceback="",
-            )
-            if won:
-                self._close_attempt(attempt, AttemptOutcome.SUCCEEDED)
-        return won
+            return fastpath.succeed(self.pk, result)
+        return self._leave(
+            Status.SUCCEEDED,
+            (AttemptOutcome.SUCCEEDED, "", ""),
+            result=result,
+            finished_at=Now(),
+            next_retry_at=None,
+            progress=Case(
+                When(progress__isnull=False, then=Value(1.0)), default=None, output_field=models.FloatField()
+            ),
+            error_type="",
+            error_message="",
+            traceback="",
+        )
 
-    def mark_failed(
-        self, *, error_type: str, error_message: str, traceback: str = "", attempt: int | None = None
-    ) -> bool:
-        """Fail for good; ``attempt`` None closes whatever attempt is still open (reaper, main process)."""
-        with transaction.atomic():
-            won = self._transition(
-                Status.FAILED,
-                error_type=error_type[:200],
-                error_message=error_message,
-                traceback=traceback,
-                finished_at=Now(),
-                next_retry_at=None,
-            )
-            if won:
-                self._close_attempt(attempt, AttemptOutcome.FAILED, error_type, error_message)
-        return won
+    def mark_failed(self, *, error_type: str, error_message: str, traceback: str = "") -> bool:
+        """Fail for good, from any open state (worker, main process after a hard time limit, reaper)."""
+        return self._leave(
+            Status.FAILED,
+            (AttemptOutcome.FAILED, error_type, error_message),
+            error_type=error_type[:200],
+            error_message=error_message,
+            traceback=traceback,
+            finished_at=Now(),
+            next_retry_at=None,
+        )
 
     def mark_cancelled(self, *, reason: str = "cancelled") -> bool:
-        with transaction.atomic():
-            won = self._transition(
-                Status.CANCELLED,
-                finished_at=Now(),
-                next_retry_at=None,
-                error_type="cancelled",
-                error_message=reason,
-            )
-            if won:
-                self._close_attempt(None, AttemptOutcome.CANCELLED, "cancelled", reason)
-        return won
+        return self._leave(
+            Status.CANCELLED,
+            (AttemptOutcome.CANCELLED, "cancelled", reason),
+            finished_at=Now(),
+            next_retry_at=None,
+            error_type="cancelled",
+            error_message=reason,
+        )
 
     def reap_lost(self, *, seen_version: int, stale_before: datetime, retry: bool) -> bool:
         """The reaper's verdict on a running attempt that has not proved alive since ``stale_before``.
@@ -425,16 +404,10 @@ class Job(models.Model):
         else:
             target = Status.FAILED
             fields.update(finished_at=Now(), next_retry_at=None, error_message=f"{message}; no attempts left")
-        with transaction.atomic():
-            won = (
-                Job.objects.filter(pk=self.pk, status=Status.RUNNING, version=seen_version)
-                .filter(Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True))
-                .update(status=target, version=F("version") + 1, updated_at=Now(), **fields)
-                == 1
-            )
-            if won:
-                self._close_attempt(None, AttemptOutcome.LOST, "lost", message)
-        return won
+        guard = Q(status=Status.RUNNING, version=seen_version) & (
+            Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True)
+        )
+        return self._leave(target, (AttemptOutcome.LOST, "lost", message), guard=guard, **fields)
 
     def claim_terminal_hook(self, *, lease_before: datetime) -> bool:
         """Take one run of the on_terminal hook; False means it is done, not due, or being run elsewhere.
@@ -458,17 +431,77 @@ class Job(models.Model):
                 fields["terminal_hook"] = HookState.GAVE_UP
         return Job.objects.filter(pk=self.pk, terminal_hook=HookState.PENDING).update(**fields) == 1
 
-    def _close_attempt(self, attempt: int | None, outcome: str, error_type: str = "", error_message: str = "") -> None:
-        open_attempts = JobAttempt.objects.filter(job_id=self.pk, outcome=AttemptOutcome.RUNNING)
-        if attempt is not None:
-            open_attempts = open_attempts.filter(number=attempt)
-        open_attempts.update(
-            outcome=outcome, finished_at=Now(), error_type=error_type[:200], error_message=error_message
+    def _lock_for(self, target: str, guard: Q | None = None) -> dict[str, Any] | None:
+        """The row's attempt fields, locked until the transaction ends, if it may move to ``target``.
+
+        Inside transaction.atomic(): PostgreSQL locks the row (FOR UPDATE); SQLite's transactions
+        take the database's write lock at BEGIN (transaction_mode IMMEDIATE).
+        """
+        rows = Job.objects.select_for_update().filter(pk=self.pk, status__in=_sources(target))
+        if guard is not None:
+            rows = rows.filter(guard)
+        return rows.values("status", "attempts", "worker", "started_at").first()
+
+    def _leave(self, target: str, closing: tuple[str, str, str], guard: Q | None = None, **fields: Any) -> bool:
+        """Move to ``target``; if the job was running, its attempt is recorded as ``closing``
+        (outcome, error type, error message) in the same transaction."""
+        with transaction.atomic():
+            old = self._lock_for(target, guard)
+            if old is None:
+                return False
+            updated = Job.objects.filter(pk=self.pk, status=old["status"])
+            if guard is not None:
+                updated = updated.filter(guard)
+            fields.setdefault("updated_at", Now())
+            if updated.update(status=target, version=F("version") + 1, **fields) != 1:
+                return False
+            if old["status"] == Status.RUNNING:
+                self._record_attempt(old, *closing)
+        return True
+
+    def _record_attempt(self, old: dict[str, Any], outcome: str, error_type: str, error_message: str) -> None:
+        """Write the row of the attempt that just ended (the running one lives on the job row).
+
+        An attempt already recorded is left as it is: history never blocks a transition.
+        """
+        JobAttempt.objects.bulk_create(
+            [
+                JobAttempt(
+                    job_id=self.pk,
+                    number=old["attempts"],
+                    worker=old["worker"],
+                    started_at=old["started_at"] or timezone.now(),
+                    finished_at=timezone.now(),
+                    outcome=outcome,
+                    error_type=error_type[:200],
+                    error_message=error_message,
+                )
+            ],
+            ignore_conflicts=True,
         )
+
+    def attempt_history(self) -> list[JobAttempt]:
+        """Every attempt, oldest first: the recorded ones and, while the job runs, the open one."""
+        history = list(self.attempt_set.all())
+        if self.status == Status.RUNNING and self.attempts and all(a.number != self.attempts for a in history):
+            history.append(
+                JobAttempt(
+                    job_id=self.pk,
+                    number=self.attempts,
+                    worker=self.worker,
+                    started_at=self.started_at or self.updated_at,
+                    outcome=AttemptOutcome.RUNNING,
+                )
+            )
+        return history
 
 
 class JobAttempt(models.Model):
-    """One try of a job, so a retried job's history is kept, not overwritten."""
+    """One try of a job that has ended, so a retried job's history is kept, not overwritten.
+
+    The row is written when the attempt ends (Job._leave, fastpath.succeed); the attempt that is
+    running lives on the job row, which keeps a job's hot path at one statement per transition.
+    """
 
     # Indexed by attempt_number_per_job (job first).
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="attempt_set", db_index=False)

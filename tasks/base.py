@@ -92,7 +92,6 @@ class TrackedTask(DjangoTask):
             sentry_sdk.set_tag(TRACKED_TAG, "1")  # its failures reach Sentry through the dead letter
         if claim.lost_deliveries >= settings.TERMINUS_MAX_LOST_DELIVERIES:
             won = job.mark_failed(
-                attempt=claim.attempt,
                 error_type="worker_lost",
                 error_message=(
                     f"the worker died {claim.lost_deliveries} times while running this job "
@@ -115,7 +114,6 @@ class TrackedTask(DjangoTask):
         """Record the transient failure and when the next attempt is due."""
         # einfo is None when Celery's main process cancels the job on a broker connection loss.
         when = getattr(getattr(einfo, "exception", None), "when", None)
-        attempt = self.attempt if self.request.id == task_id else None
         if isinstance(when, int | float):
             next_retry_at = timezone.now() + timedelta(seconds=when)
         else:
@@ -123,16 +121,14 @@ class TrackedTask(DjangoTask):
         error_type, error_message = describe_error(exc)
         durable(
             lambda: Job(pk=task_id).mark_retrying(
-                attempt=attempt, error_type=error_type, error_message=error_message, next_retry_at=next_retry_at
+                error_type=error_type, error_message=error_message, next_retry_at=next_retry_at
             ),
             what=f"the retry of {task_id}",
         )
 
     def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
         """Record the result; a job cancelled meanwhile keeps its cancelled state."""
-        won = durable(
-            lambda: Job(pk=task_id).mark_succeeded(attempt=self.attempt, result=retval), what=f"the result of {task_id}"
-        )
+        won = durable(lambda: Job(pk=task_id).mark_succeeded(result=retval), what=f"the result of {task_id}")
         if not won:
             logger.warning("job %s finished but was no longer running; result discarded", task_id)
         else:
@@ -141,11 +137,10 @@ class TrackedTask(DjangoTask):
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: ExceptionInfo) -> None:
         """Fail the record for good: retries exhausted, non-retryable error or a time limit."""
         error_type, error_message = describe_error(exc)
-        attempt = getattr(self.request, "terminus_attempt", None) if self.request.id == task_id else None
         traceback = str(einfo.traceback) if einfo is not None else ""
         won = durable(
             lambda: Job(pk=task_id).mark_failed(
-                attempt=attempt, error_type=error_type, error_message=error_message, traceback=traceback
+                error_type=error_type, error_message=error_message, traceback=traceback
             ),
             what=f"the failure of {task_id}",
         )

@@ -152,10 +152,9 @@ class JobDetailSerializer(JobSerializer):
     """A job as ``GET /api/jobs/{id}/`` shows it: with every attempt, oldest first."""
 
     attempt_history = JobAttemptSerializer(
-        source="attempt_set",
         many=True,
         read_only=True,
-        help_text="One entry per attempt (the integer 'attempts' counts them).",
+        help_text="One entry per attempt, oldest first; while the job runs, the last one is 'running'.",
     )
 
     class Meta(JobSerializer.Meta):

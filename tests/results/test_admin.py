@@ -314,8 +314,7 @@ def test_a_job_retried_from_the_admin_runs_to_success_on_a_worker(worker, django
 @pytest.mark.django_db
 def test_cancel_action_cancels_open_jobs_and_reports_finished_ones(admin_client):
     queued = make_job(status=Status.QUEUED)
-    running = make_job(status=Status.RUNNING, attempts=1)
-    JobAttempt.objects.create(job=running, number=1)
+    running = make_job(status=Status.RUNNING, attempts=1, worker="w1")
     retrying = make_job(status=Status.RETRYING)
     done = make_job(status=Status.SUCCEEDED)
 
@@ -331,7 +330,11 @@ def test_cancel_action_cancels_open_jobs_and_reports_finished_ones(admin_client)
         done.pk: Status.SUCCEEDED,
     }
     assert Job.objects.get(pk=queued.pk).error_message == "cancelled by admin in the admin"
-    assert JobAttempt.objects.get(job=running).outcome == AttemptOutcome.CANCELLED
+    assert JobAttempt.objects.filter(job=running).values_list("number", "worker", "outcome").get() == (
+        1,
+        "w1",
+        AttemptOutcome.CANCELLED,
+    )
 
 
 @pytest.mark.django_db

@@ -71,9 +71,7 @@ def letter(
         Job.objects.filter(pk=job.pk).update(payload=payload)
     claim = Job(pk=job.pk).mark_started(worker="w1@test")
     assert claim is not None
-    assert Job(pk=job.pk).mark_failed(
-        attempt=claim.attempt, error_type="PermanentError", error_message="card declined", traceback=TRACEBACK
-    )
+    assert Job(pk=job.pk).mark_failed(error_type="PermanentError", error_message="card declined", traceback=TRACEBACK)
     dead, _ = store(message_for_job(Job.objects.get(pk=job.pk), reason=reason))
     fields: dict[str, Any] = {"status": status}
     if age is not None:

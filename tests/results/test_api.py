@@ -117,19 +117,15 @@ def job_for(user: User, type_name: str = "diagnostics.sleep", payload: dict[str,
 
 def failed_job(user: User, *, traceback: str = "Traceback (most recent call last):\n  secret internals") -> Job:
     job = job_for(user, "diagnostics.fail", {"mode": "permanent"})
-    claim = Job(pk=job.pk).mark_started(worker="w1@test")
-    assert claim is not None
-    assert Job(pk=job.pk).mark_failed(
-        attempt=claim.attempt, error_type="PermanentError", error_message="bad input", traceback=traceback
-    )
+    assert Job(pk=job.pk).mark_started(worker="w1@test")
+    assert Job(pk=job.pk).mark_failed(error_type="PermanentError", error_message="bad input", traceback=traceback)
     return Job.objects.get(pk=job.pk)
 
 
 def succeeded_job(user: User) -> Job:
     job = job_for(user)
-    claim = Job(pk=job.pk).mark_started(worker="w1@test")
-    assert claim is not None
-    assert Job(pk=job.pk).mark_succeeded(attempt=claim.attempt, result={"slept": 0.0})
+    assert Job(pk=job.pk).mark_started(worker="w1@test")
+    assert Job(pk=job.pk).mark_succeeded(result={"slept": 0.0})
     return Job.objects.get(pk=job.pk)
 
 
@@ -426,9 +422,9 @@ def test_it_shows_a_running_job_as_attempt_k_of_n_with_retry_after(api, alice):
 @pytest.mark.django_db
 def test_retry_after_counts_down_to_the_next_retry_capped_at_30_seconds(api, alice, due_in, expected):
     job = job_for(alice, "diagnostics.fail")
-    claim = Job(pk=job.pk).mark_started(worker="w1@test")
+    assert Job(pk=job.pk).mark_started(worker="w1@test")
     Job(pk=job.pk).mark_retrying(
-        attempt=claim.attempt, error_type="TransientError", error_message="later", next_retry_at=timezone.now() + due_in
+        error_type="TransientError", error_message="later", next_retry_at=timezone.now() + due_in
     )
     response = api.get(detail_url(job))
     assert response.json()["status"] == "retrying"

@@ -120,7 +120,6 @@ def failed_job(user: User | None, payload: dict[str, Any] | None = None, **field
     claim = Job(pk=job.pk).mark_started(worker="w1@test")
     assert claim is not None
     assert Job(pk=job.pk).mark_failed(
-        attempt=claim.attempt,
         error_type=fields.get("error_type", "PermanentError"),
         error_message="no such customer",
         traceback=SECRET_TRACEBACK,

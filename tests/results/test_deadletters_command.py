@@ -46,7 +46,7 @@ def failed_job(payload: dict[str, Any] | None = None, *, error_type: str = "Perm
         Job.objects.filter(pk=job.pk).update(payload=payload)
     claim = Job(pk=job.pk).mark_started(worker="w1@test")
     assert claim is not None
-    assert Job(pk=job.pk).mark_failed(attempt=claim.attempt, error_type=error_type, error_message="no such customer")
+    assert Job(pk=job.pk).mark_failed(error_type=error_type, error_message="no such customer")
     return Job.objects.get(pk=job.pk)
 
 

@@ -30,7 +30,7 @@ def test_no_transition_leaves_a_terminal_state():
 def test_a_terminal_job_cannot_be_claimed_succeeded_failed_or_cancelled(terminal):
     job = make_job(status=terminal)
     assert job.mark_started(worker="w1") is None
-    assert job.mark_succeeded(attempt=1, result={}) is False
+    assert job.mark_succeeded(result={}) is False
     assert job.mark_failed(error_type="X", error_message="x") is False
     assert job.mark_cancelled() is False
     assert Job(pk=job.pk).heartbeat() is False
@@ -38,14 +38,21 @@ def test_a_terminal_job_cannot_be_claimed_succeeded_failed_or_cancelled(terminal
     assert job.status == terminal and job.version == 1 and job.attempts == 0
 
 
-def test_claim_counts_the_attempt_and_opens_an_attempt_row():
+def test_claim_counts_the_attempt_which_runs_on_the_job_row_until_it_ends():
     job = make_job()
     claim = job.mark_started(worker="w1")
     assert claim is not None and (claim.attempt, claim.lost_deliveries, claim.max_retries) == (1, 0, 3)
     job.refresh_from_db()
     assert (job.status, job.attempts, job.worker, job.version) == (Status.RUNNING, 1, "w1", 2)
     assert job.started_at and job.heartbeat_at
-    assert list(job.attempt_set.values_list("number", "outcome")) == [(1, AttemptOutcome.RUNNING)]
+    assert not job.attempt_set.exists()
+    [running] = job.attempt_history()
+    assert (running.number, running.worker, running.outcome, running.started_at) == (
+        1,
+        "w1",
+        AttemptOutcome.RUNNING,
+        job.started_at,
+    )
 
 
 def test_a_second_claim_of_a_running_job_is_a_lost_delivery():
@@ -54,18 +61,40 @@ def test_a_second_claim_of_a_running_job_is_a_lost_delivery():
     claim = job.mark_started(worker="w2")
     assert claim is not None and (claim.attempt, claim.lost_deliveries) == (2, 1)
     rows = list(job.attempt_set.order_by("number").values_list("number", "worker", "outcome", "error_type"))
-    assert rows == [(1, "w1", "lost", "worker_lost"), (2, "w2", "running", "")]
+    assert rows == [(1, "w1", "lost", "worker_lost")]
+    job.refresh_from_db()
+    history = [(a.number, a.worker, a.outcome) for a in job.attempt_history()]
+    assert history == [(1, "w1", "lost"), (2, "w2", "running")]
+
+
+def test_the_recorded_attempt_keeps_the_worker_and_start_of_the_attempt_that_ended():
+    job = make_job()
+    job.mark_started(worker="w1")
+    job.refresh_from_db()
+    assert job.mark_succeeded(result={"ok": True})
+    recorded = job.attempt_set.get()
+    assert (recorded.number, recorded.worker, recorded.outcome) == (1, "w1", AttemptOutcome.SUCCEEDED)
+    assert recorded.started_at == job.started_at
+    assert recorded.finished_at is not None and recorded.finished_at >= recorded.started_at
+    job.refresh_from_db()
+    assert [a.outcome for a in job.attempt_history()] == [AttemptOutcome.SUCCEEDED]
+
+
+def test_failing_a_job_that_never_ran_records_no_attempt():
+    job = make_job()
+    assert job.mark_failed(error_type="PermanentError", error_message="bad input")
+    assert not job.attempt_set.exists()
 
 
 def test_retry_then_success_closes_each_attempt():
     job = make_job()
     job.mark_started(worker="w1")
     due = timezone.now() + timedelta(seconds=5)
-    assert job.mark_retrying(attempt=1, error_type="TransientError", error_message="boom", next_retry_at=due)
+    assert job.mark_retrying(error_type="TransientError", error_message="boom", next_retry_at=due)
     job.refresh_from_db()
     assert (job.status, job.next_retry_at, job.error_type) == (Status.RETRYING, due, "TransientError")
     job.mark_started(worker="w1")
-    assert job.mark_succeeded(attempt=2, result={"ok": True})
+    assert job.mark_succeeded(result={"ok": True})
     job.refresh_from_db()
     assert (job.status, job.result, job.next_retry_at, job.error_type) == (Status.SUCCEEDED, {"ok": True}, None, "")
     assert job.finished_at is not None
@@ -75,7 +104,7 @@ def test_retry_then_success_closes_each_attempt():
 def test_only_one_of_two_racing_finishers_wins():
     job = make_job()
     job.mark_started(worker="w1")
-    assert job.mark_succeeded(attempt=1, result=1) is True
+    assert job.mark_succeeded(result=1) is True
     assert job.mark_failed(error_type="TimeLimitExceeded", error_message="late") is False
     job.refresh_from_db()
     assert job.status == Status.SUCCEEDED and job.result == 1
@@ -169,7 +198,7 @@ def test_the_asynchronous_claim_commit_stays_within_its_own_statement():
     Job.mark_many_dispatched([job.pk])
     assert job.mark_started(worker="w1") is not None
     assert setting() == "on"
-    assert job.mark_succeeded(attempt=1, result={"ok": True})
+    assert job.mark_succeeded(result={"ok": True})
     job.refresh_from_db()
     assert job.status == Status.SUCCEEDED and job.dispatched_at is not None
     from django.db import transaction

@@ -124,15 +124,17 @@ def jobs_in_every_state(user: User) -> TenantJobs:
     running = job_for(user)
     started(running)
     retrying = job_for(user, "diagnostics.fail", {"mode": "always"})
-    attempt = started(retrying)
+    started(retrying)
     assert Job(pk=retrying.pk).mark_retrying(
-        attempt=attempt, error_type="TransientError", error_message="try again", next_retry_at=timezone.now()
+        error_type="TransientError", error_message="try again", next_retry_at=timezone.now()
     )
     succeeded = job_for(user)
-    assert Job(pk=succeeded.pk).mark_succeeded(attempt=started(succeeded), result={"slept": 0.0})
+    started(succeeded)
+    assert Job(pk=succeeded.pk).mark_succeeded(result={"slept": 0.0})
     failed = job_for(user, "diagnostics.fail", {"mode": "permanent"})
+    started(failed)
     assert Job(pk=failed.pk).mark_failed(
-        attempt=started(failed), error_type="PermanentError", error_message="bad input", traceback=SECRET_TRACEBACK
+        error_type="PermanentError", error_message="bad input", traceback=SECRET_TRACEBACK
     )
     cancelled = job_for(user)
     assert Job(pk=cancelled.pk).mark_cancelled(reason="drill")

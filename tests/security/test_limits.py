@@ -293,8 +293,8 @@ def failed_webhook_letter(user: Any) -> DeadLetter:
     from tasks.dead_letter import message_for_job, store
 
     job = job_for(user, "webhook.deliver", {"url": "http://x.test/hook"})
-    claim = Job(pk=job.pk).mark_started(worker="w1@test")
-    assert Job(pk=job.pk).mark_failed(attempt=claim.attempt, error_type="PermanentError", error_message="410 Gone")
+    assert Job(pk=job.pk).mark_started(worker="w1@test")
+    assert Job(pk=job.pk).mark_failed(error_type="PermanentError", error_message="410 Gone")
     return store(message_for_job(Job.objects.get(pk=job.pk), reason="non_retryable"))[0]
 
 

@@ -195,10 +195,8 @@ def test_a_dead_letter_message_shows_no_payload_in_its_log_and_result_representa
     from tasks.dead_letter import dead_letter_job
 
     job = submit("webhook.deliver", {"url": f"http://127.0.0.1:{closed_port()}/hook?token={SECRET}"})
-    claim = Job(pk=job.pk).mark_started(worker="w1@test")
-    assert Job(pk=job.pk).mark_failed(
-        attempt=claim.attempt, error_type="worker_lost", error_message="the worker died", traceback=""
-    )
+    assert Job(pk=job.pk).mark_started(worker="w1@test")
+    assert Job(pk=job.pk).mark_failed(error_type="worker_lost", error_message="the worker died", traceback="")
     sent = []
     with mock.patch.object(app.amqp, "send_task_message", lambda producer, name, message, **kw: sent.append(message)):
         assert dead_letter_job(job.pk)

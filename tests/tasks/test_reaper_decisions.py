@@ -79,7 +79,7 @@ def test_a_late_worker_cannot_overwrite_the_reapers_verdict():
     # The worker that was presumed dead speaks up: its heartbeat is refused (it stops) and so is
     # its result; the job waits for its re-dispatched attempt instead.
     assert Job(pk=job.pk).heartbeat(progress=0.5) is False
-    assert Job(pk=job.pk).mark_succeeded(attempt=1, result={"late": True}) is False
+    assert Job(pk=job.pk).mark_succeeded(result={"late": True}) is False
     assert Job.objects.get(pk=job.pk).status == Status.RETRYING
 
 

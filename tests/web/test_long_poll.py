@@ -96,7 +96,7 @@ def test_a_long_poll_without_an_etag_waits_for_a_change_from_the_version_at_requ
     held = in_thread(lambda: api.get(url(running_job, f"?wait={LONG}")))
     time.sleep(1)
     assert not held.done()
-    assert Job(pk=running_job.pk).mark_succeeded(attempt=1, result={"slept": 5})
+    assert Job(pk=running_job.pk).mark_succeeded(result={"slept": 5})
     response, elapsed = held.result(timeout=LONG)
     assert response.status_code == 200
     assert response.json()["status"] == "succeeded"
@@ -125,7 +125,7 @@ def test_a_long_poll_with_no_change_and_no_etag_answers_200_with_the_job_when_th
 
 
 def test_a_long_poll_of_a_terminal_job_answers_at_once(api, running_job):
-    Job(pk=running_job.pk).mark_failed(error_type="PermanentError", error_message="no", attempt=1)
+    Job(pk=running_job.pk).mark_failed(error_type="PermanentError", error_message="no")
     job = Job.objects.get(pk=running_job.pk)
     started = time.monotonic()
     fresh = api.get(url(job, f"?wait={LONG}"))
