@@ -2,9 +2,10 @@
 
 ``jobs(n)``: n jobs spread over the last 30 days, newest last, with a realistic mix: 85 %
 succeeded, 8 % failed, 3 % cancelled, 2 % queued, 1 % running, 1 % retrying; four job types;
-ten tenants; one attempt row per job that started. ``expired_jobs(n)``: n terminal jobs that
-finished more than a year ago (expired under any retention up to a year), plus recent and open
-jobs that a cleanup must keep.
+ten tenants; one attempt row per job whose attempt ended without succeeding (a running or
+succeeded attempt is described by its job row, see results.models.JobAttempt).
+``expired_jobs(n)``: n terminal jobs that finished more than a year ago (expired under any
+retention up to a year), plus recent and open jobs that a cleanup must keep.
 """
 
 from __future__ import annotations
@@ -92,10 +93,9 @@ def _jobs_sql() -> tuple[str, dict[str, Any]]:
 _ATTEMPTS_SQL = """
 INSERT INTO results_jobattempt (number, worker, started_at, finished_at, outcome, error_type, error_message, job_id)
 SELECT 1, worker, started_at, finished_at,
-    CASE status WHEN 'succeeded' THEN 'succeeded' WHEN 'failed' THEN 'failed' WHEN 'cancelled' THEN 'cancelled'
-                WHEN 'retrying' THEN 'retried' ELSE 'running' END,
+    CASE status WHEN 'failed' THEN 'failed' WHEN 'cancelled' THEN 'cancelled' ELSE 'retried' END,
     error_type, error_message, id
-FROM results_job WHERE status <> 'queued'
+FROM results_job WHERE status IN ('failed', 'cancelled', 'retrying')
 """
 
 REALISTIC = {"succeeded": 85, "failed": 93, "cancelled": 96, "queued": 98, "running": 99}

@@ -30,7 +30,7 @@ from django.utils.translation import ngettext
 from tasks.registry import job_types
 from tasks.submit import SubmissionError, cancel, rerun
 
-from .models import Job, JobAttempt, Membership, Status, Tenant
+from .models import Job, Membership, Status, Tenant
 from .querysets import OPEN_STATUSES
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ OUTCOME_FIELDS = ("payload_pretty", "result_pretty", "error_type", "error_messag
 PROGRESS_FIELDS = (
     "attempts", "max_retries", "lost_deliveries", "progress", "progress_message", "worker", "time_limit", "version",
 )  # fmt: skip
+ATTEMPT_FIELDS = ("attempt_history_table",)
 TIMELINE_FIELDS = (
     "created_at", "dispatched_at", "started_at", "heartbeat_at", "next_retry_at", "finished_at", "terminal_by",
     "dead_lettered_at", "updated_at",
@@ -173,35 +174,6 @@ def _job_link(job_id: Any) -> str:
     return format_html('<a href="{}">{}</a>', reverse("admin:results_job_change", args=[job_id]), job_id)
 
 
-class JobAttemptInline(admin.TabularInline):
-    """Every try of the job that has ended, as recorded: history only, never edited.
-
-    The running attempt lives on the job row (status, worker, started, heartbeat) until it ends.
-    """
-
-    model = JobAttempt
-    fields = ("number", "outcome", "worker", "started_at", "finished_at", "error_type", "error_message")
-    readonly_fields = fields
-    ordering = ("number",)
-    extra = 0
-    max_num = 0
-    can_delete = False
-    show_change_link = False
-
-    def has_view_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
-        # Attempts are part of the job's record: whoever may view the job may view its attempts.
-        return request.user.has_perm("results.view_job") or request.user.has_perm("results.change_job")
-
-    def has_add_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
-        return False
-
-
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
     """Read-only job records with retry and cancel actions; tenant staff see only their tenant."""
@@ -219,14 +191,14 @@ class JobAdmin(admin.ModelAdmin):
     show_facets = admin.ShowFacets.NEVER
     list_per_page = 50
     actions = ("retry", "cancel")
-    inlines = (JobAttemptInline,)
     fieldsets = (
         (None, {"fields": IDENTITY_FIELDS}),
         ("Input and outcome", {"fields": OUTCOME_FIELDS}),
         ("Progress", {"fields": PROGRESS_FIELDS}),
+        ("Attempts", {"fields": ATTEMPT_FIELDS}),
         ("Timeline", {"fields": TIMELINE_FIELDS}),
     )
-    readonly_fields = IDENTITY_FIELDS + OUTCOME_FIELDS + PROGRESS_FIELDS + TIMELINE_FIELDS
+    readonly_fields = IDENTITY_FIELDS + OUTCOME_FIELDS + PROGRESS_FIELDS + ATTEMPT_FIELDS + TIMELINE_FIELDS
 
     # -- scope ---------------------------------------------------------------------------------
     def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
@@ -285,6 +257,39 @@ class JobAdmin(admin.ModelAdmin):
 
     # -- columns -------------------------------------------------------------------------------
     @admin.display(description="status")
+    @admin.display(description="attempt history")
+    def attempt_history_table(self, obj: Job) -> str:
+        """Every attempt, oldest first, the running or succeeded one included (Job.attempt_history)."""
+        history = obj.attempt_history()
+        if not history:
+            return "no attempt yet"
+        head = format_html_join(
+            "",
+            "<th>{}</th>",
+            ((name,) for name in ("#", "outcome", "worker", "started", "finished", "error type", "error")),
+        )
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    attempt.number,
+                    attempt.outcome,
+                    attempt.worker or "-",
+                    attempt.started_at,
+                    attempt.finished_at or "-",
+                    attempt.error_type or "-",
+                    attempt.error_message[:500] or "-",
+                )
+                for attempt in history
+            ),
+        )
+        return format_html(
+            '<table class="attempt-history"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>',
+            head,
+            rows,
+        )
+
     def status_badge(self, obj: Job) -> str:
         color = STATUS_COLORS.get(obj.status, "#000")
         return format_html('<strong style="color: {}">{}</strong>', color, obj.get_status_display())

@@ -1,9 +1,10 @@
-"""PostgreSQL forms of the two hottest transitions, one round trip each.
+"""PostgreSQL forms of the two hottest transitions, one statement each.
 
-A job's claim and its success are each several ORM statements (lock and read, update, read back,
-record the attempt that ended) in a transaction. On PostgreSQL, data-modifying CTEs do the same work in a
-single guarded statement, which is what keeps tracked jobs cheap (see bench/). The ORM forms in
-results.models stay the reference behaviour and serve every other database; the suite runs both.
+A job's claim and its success are each several ORM statements in a transaction (lock and read,
+update, read back). On PostgreSQL each is one guarded UPDATE, its own transaction, returning what
+the worker needs: that is what keeps tracked jobs cheap (see bench/). The ORM forms in
+results.models stay the reference behaviour and serve every other database (and the claim of a
+redelivered message); the suite runs both.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from django.db import connection
 LOST_MESSAGE = "the worker running this attempt died; the message was delivered again"
 
 
-def _tables() -> tuple[str, str]:
-    from .models import Job, JobAttempt
+def _job_table() -> str:
+    from .models import Job
 
-    quote = connection.ops.quote_name
-    return quote(Job._meta.db_table), quote(JobAttempt._meta.db_table)
+    return connection.ops.quote_name(Job._meta.db_table)
 
 
 def _commit_mode() -> str:
@@ -41,7 +41,7 @@ def claim(job_id: Any, worker: str) -> tuple[int, int, int, str] | None:
     finds the job not running and the job is re-dispatched by the reaper, so it still ends
     terminal (at least once, as with any redelivery).
     """
-    job, _ = _tables()
+    job = _job_table()
     sql = f"""
         UPDATE {job} SET
             status = 'running', version = version + 1, updated_at = now(), worker = %(worker)s,
@@ -60,7 +60,7 @@ def claim(job_id: Any, worker: str) -> tuple[int, int, int, str] | None:
 def mark_dispatched(job_ids: list[Any]) -> int:
     """Mark published jobs, committing asynchronously: a marker lost in a PostgreSQL crash only
     means the reaper publishes the job again, and the claim guard makes that duplicate harmless."""
-    job, _ = _tables()
+    job = _job_table()
     sql = f"""
         WITH marked AS (
             UPDATE {job} SET dispatched_at = now(), version = version + 1, updated_at = now()
@@ -75,29 +75,19 @@ def mark_dispatched(job_ids: list[Any]) -> int:
 
 
 def succeed(job_id: Any, result: Any) -> bool:
-    """Record success and the attempt that ended; False if the job was no longer running.
+    """Record success; False if the job was no longer running.
 
-    The transition leaves attempts, worker and started_at as they are, so the row it returns
-    describes the attempt that just ended.
+    No attempt row: the job row describes its one succeeded attempt (see JobAttempt).
     """
-    job, attempt = _tables()
+    job = _job_table()
     sql = f"""
-        WITH done AS (
-            UPDATE {job} SET
-                status = 'succeeded', version = version + 1, updated_at = now(), finished_at = now(),
-                result = %(result)s::jsonb, next_retry_at = NULL,
-                progress = CASE WHEN progress IS NULL THEN NULL ELSE 1.0 END,
-                error_type = '', error_message = '', traceback = ''
-            WHERE id = %(id)s AND status = 'running'
-            RETURNING id, attempts, worker, started_at, finished_at
-        ), recorded AS (
-            INSERT INTO {attempt} (job_id, number, worker, started_at, finished_at, outcome, error_type, error_message)
-            SELECT id, attempts, worker, COALESCE(started_at, finished_at), finished_at, 'succeeded', '', ''
-            FROM done
-            ON CONFLICT (job_id, number) DO NOTHING
-        )
-        SELECT count(*) FROM done
+        UPDATE {job} SET
+            status = 'succeeded', version = version + 1, updated_at = now(), finished_at = now(),
+            result = %(result)s::jsonb, next_retry_at = NULL,
+            progress = CASE WHEN progress IS NULL THEN NULL ELSE 1.0 END,
+            error_type = '', error_message = '', traceback = ''
+        WHERE id = %(id)s AND status = 'running'
     """
     with connection.cursor() as cursor:
         cursor.execute(sql, {"id": job_id, "result": json.dumps(result)})
-        return cursor.fetchone()[0] == 1
+        return cursor.rowcount == 1

@@ -250,7 +250,24 @@ def test_change_view_shows_pretty_json_traceback_and_attempts_read_only(admin_cl
     assert 'name="payload"' not in content and 'name="status"' not in content
     assert 'name="_save"' not in content
     assert content.count("WebhookError") >= 3  # the job and both attempts
-    assert response.context["inline_admin_formsets"][0].formset.total_form_count() == 2
+    assert history_outcomes(content) == ["retried", "failed"]
+
+
+def history_outcomes(content: str) -> list[str]:
+    """The outcome column of the change page's attempt history table."""
+    table = re.search(r'<table class="attempt-history">.*?<tbody>(.*?)</tbody>', content, re.S)
+    assert table, "no attempt history on the page"
+    return re.findall(r"<tr><td>\d+</td><td>(\w+)</td>", table.group(1))
+
+
+@pytest.mark.django_db
+def test_change_view_lists_the_attempt_the_job_row_describes(admin_client):
+    running = make_job(status=Status.RUNNING, attempts=2, worker="w2", started_at=timezone.now())
+    JobAttempt.objects.create(job=running, number=1, outcome=AttemptOutcome.LOST, error_type="worker_lost")
+    assert history_outcomes(admin_client.get(change_url(running)).content.decode()) == ["lost", "running"]
+    Job(pk=running.pk).mark_succeeded(result={})
+    assert history_outcomes(admin_client.get(change_url(running)).content.decode()) == ["lost", "succeeded"]
+    assert "no attempt yet" in admin_client.get(change_url(make_job(status=Status.QUEUED))).content.decode()
 
 
 @pytest.mark.django_db

@@ -67,17 +67,28 @@ def test_a_second_claim_of_a_running_job_is_a_lost_delivery():
     assert history == [(1, "w1", "lost"), (2, "w2", "running")]
 
 
-def test_the_recorded_attempt_keeps_the_worker_and_start_of_the_attempt_that_ended():
+def test_an_attempt_that_ends_is_recorded_with_the_worker_and_start_it_had():
     job = make_job()
     job.mark_started(worker="w1")
     job.refresh_from_db()
-    assert job.mark_succeeded(result={"ok": True})
+    assert job.mark_retrying(error_type="TransientError", error_message="boom", next_retry_at=timezone.now())
     recorded = job.attempt_set.get()
-    assert (recorded.number, recorded.worker, recorded.outcome) == (1, "w1", AttemptOutcome.SUCCEEDED)
+    assert (recorded.number, recorded.worker, recorded.outcome) == (1, "w1", AttemptOutcome.RETRIED)
+    assert (recorded.error_type, recorded.error_message) == ("TransientError", "boom")
     assert recorded.started_at == job.started_at
     assert recorded.finished_at is not None and recorded.finished_at >= recorded.started_at
+
+
+def test_a_succeeded_attempt_is_described_by_the_job_row_alone():
+    job = make_job()
+    job.mark_started(worker="w1")
+    assert job.mark_succeeded(result={"ok": True})
+    assert not job.attempt_set.exists()
     job.refresh_from_db()
-    assert [a.outcome for a in job.attempt_history()] == [AttemptOutcome.SUCCEEDED]
+    [succeeded] = job.attempt_history()
+    assert (succeeded.number, succeeded.worker, succeeded.outcome) == (1, "w1", AttemptOutcome.SUCCEEDED)
+    assert (succeeded.started_at, succeeded.finished_at) == (job.started_at, job.finished_at)
+    assert succeeded.pk is None  # synthesized, never saved
 
 
 def test_failing_a_job_that_never_ran_records_no_attempt():
@@ -98,7 +109,8 @@ def test_retry_then_success_closes_each_attempt():
     job.refresh_from_db()
     assert (job.status, job.result, job.next_retry_at, job.error_type) == (Status.SUCCEEDED, {"ok": True}, None, "")
     assert job.finished_at is not None
-    assert list(job.attempt_set.values_list("outcome", flat=True)) == ["retried", "succeeded"]
+    assert list(job.attempt_set.values_list("outcome", flat=True)) == ["retried"]
+    assert [(a.number, a.outcome) for a in job.attempt_history()] == [(1, "retried"), (2, "succeeded")]
 
 
 def test_only_one_of_two_racing_finishers_wins():

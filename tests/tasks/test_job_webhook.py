@@ -92,7 +92,7 @@ def closed_port_url() -> str:
 
 
 def outcomes(job: Job) -> list[str]:
-    return list(job.attempt_set.order_by("number").values_list("outcome", flat=True))
+    return [attempt.outcome for attempt in job.attempt_history()]
 
 
 # -- delivery against a real receiver -------------------------------------------------------

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 
 
 def outcomes(job: Job) -> list[str]:
-    return list(job.attempt_set.order_by("number").values_list("outcome", flat=True))
+    return [attempt.outcome for attempt in job.attempt_history()]
 
 
 def test_it_records_a_successful_job_with_its_result(worker):

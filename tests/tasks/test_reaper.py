@@ -84,7 +84,7 @@ def start_worker(transactional_db, session_worker, request) -> Iterator[Callable
 
 
 def outcomes(job: Job) -> list[str]:
-    return list(job.attempt_set.order_by("number").values_list("outcome", flat=True))
+    return [attempt.outcome for attempt in job.attempt_history()]
 
 
 def hook_record(job_id) -> dict | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from results.models import Job, JobAttempt, Status
+from results.models import Job, Status
 from tests.conftest import WorkerProcess
 from tests.web.conftest import PASSWORD, Traffic, WebServer, artifact
 
@@ -69,7 +69,7 @@ def attempt_outcomes(page: Any) -> list[str]:
 
 def stored_outcomes(job_id: str) -> list[str]:
     """The attempt history as the database recorded it."""
-    return list(JobAttempt.objects.filter(job_id=job_id).order_by("number").values_list("outcome", flat=True))
+    return [attempt.outcome for attempt in Job.objects.get(pk=job_id).attempt_history()]
 
 
 def assert_page_shows_the_stored_history(page: Any, job: Job) -> None:

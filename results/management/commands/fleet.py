@@ -324,6 +324,8 @@ class Command(BaseCommand):
 
         for row in jobs.order_by().values("type", "status").annotate(n=Count("pk")):
             entry(row["type"])[row["status"]] = row["n"]
+            if row["status"] == Status.SUCCEEDED:  # a succeeded attempt has no row: its job's is the record
+                entry(row["type"])["attempts"] += row["n"]
         for row in attempts.order_by().values("job__type", "outcome").annotate(n=Count("pk")):
             stats = entry(row["job__type"])
             stats["attempts"] += row["n"]
