@@ -1,7 +1,8 @@
 """Cleanup rate on a large table of expired jobs, and how long it holds anything.
 
-The table gets N expired jobs (terminal, finished 400-430 days ago, one attempt each: PostgreSQL's
-own ``INSERT … SELECT generate_series``, then ``VACUUM ANALYZE``), plus jobs that must survive:
+The table gets N expired jobs (terminal, finished 400-430 days ago; an attempt row for each one
+that failed or was cancelled, as the product writes them: PostgreSQL's own
+``INSERT … SELECT generate_series``, then ``VACUUM ANALYZE``), plus jobs that must survive:
 recent ones of every status and old ones that are still open (a year-old ``running`` job is
 stuck, not expired). Then the product's retention function is called directly, in this process,
 until it reports nothing more to delete (or the expired jobs are gone):

@@ -9,8 +9,8 @@ Method (also written to RESULTS.md):
   (N - 1) / (last ``task_postrun`` timestamp - first one): the drain rate once the pipeline runs,
   without the up-to-1 s the worker's event loop takes to notice a consumer that was switched on.
   Completion is verified by counting: the postrun counter must be exactly N for every variant,
-  and for django-celery-results N ``SUCCESS`` rows, for Terminus N ``succeeded`` Job rows and N
-  closed attempts, before a run counts.
+  and for django-celery-results N ``SUCCESS`` rows, for Terminus N ``succeeded`` Job rows (each
+  with its attempt and finish time: the record of its one succeeded attempt), before a run counts.
 - **Worker CPU per job.** user + system CPU of the worker's main process, its pool children and
   reaped children (psutil), before and after the drain, divided by N; also split into the main
   process and the pool children.
