@@ -14,8 +14,6 @@ from typing import Any
 
 from django.db import connection
 
-LOST_MESSAGE = "the worker running this attempt died; the message was delivered again"
-
 
 def _job_table() -> str:
     from .models import Job

@@ -1,8 +1,9 @@
 """The job record: the one place every path writes to, and the state machine that guards it.
 
-The record knows neither Celery nor HTTP. Every state change is one conditional
-``UPDATE … WHERE status IN (allowed sources)``: the return value says whether this caller won,
-so two workers, a redelivered message, the reaper and the API can never move a record
+The record knows neither Celery nor HTTP. Every state change is a conditional
+``UPDATE … WHERE status = <an allowed source>`` (Job._move; the hot claim and success have a
+single-statement PostgreSQL form in results.fastpath): the return value says whether this caller
+won, so two workers, a redelivered message, the reaper and the API can never move a record
 backwards or out of a terminal state.
 """
 
@@ -99,6 +100,12 @@ class Claim:
     lost_deliveries: int
     max_retries: int
     correlation_id: str = ""
+
+
+#: The error message of an attempt whose worker died (the claim of its redelivered message records it).
+LOST_MESSAGE = "the worker running this attempt died; the message was delivered again"
+#: What Job._move reads, and locks, before a transition: the attempt that may end, and the claim.
+_LOCKED_FIELDS = ("status", "attempts", "worker", "started_at", "lost_deliveries", "max_retries", "correlation_id")
 
 
 def _sources(target: str) -> list[str]:
@@ -254,14 +261,6 @@ class Job(models.Model):
         return f'"{self.pk}-{self.version}"'
 
     # -- transitions ---------------------------------------------------------------------------
-    def _transition(self, target: str, **fields: Any) -> bool:
-        """Move to ``target`` only from an allowed source; True means this caller won."""
-        fields.setdefault("updated_at", Now())
-        updated = Job.objects.filter(pk=self.pk, status__in=_sources(target)).update(
-            status=target, version=F("version") + 1, **fields
-        )
-        return updated == 1
-
     def mark_dispatched(self) -> bool:
         """Record that the message reached the broker (first publish wins; re-dispatch keeps it)."""
         return Job.mark_many_dispatched([self.pk]) == 1
@@ -303,31 +302,29 @@ class Job(models.Model):
             row = fastpath.claim(self.pk, worker)  # the common case, queued or retrying: one statement
             if row:
                 return Claim(*row)
-        with transaction.atomic():
-            old = self._lock_for(Status.RUNNING)
-            if old is None:
-                return None
-            redelivered = old["status"] == Status.RUNNING
-            won = self._transition(
-                Status.RUNNING,
-                worker=worker,
-                attempts=F("attempts") + 1,
-                lost_deliveries=F("lost_deliveries") + (1 if redelivered else 0),
-                started_at=Now(),
-                heartbeat_at=Now(),
-                next_retry_at=None,
-                dispatched_at=Coalesce("dispatched_at", Now()),  # a claimed job's message was published
-            )
-            if not won:
-                return None
-            if redelivered:
-                self._record_attempt(old, AttemptOutcome.LOST, "worker_lost", fastpath.LOST_MESSAGE)
-            attempt, lost, max_retries, correlation_id = (
-                Job.objects.filter(pk=self.pk)
-                .values_list("attempts", "lost_deliveries", "max_retries", "correlation_id")
-                .get()
-            )
-        return Claim(attempt=attempt, lost_deliveries=lost, max_retries=max_retries, correlation_id=correlation_id)
+        old = self._move(
+            Status.RUNNING,
+            (AttemptOutcome.LOST, "worker_lost", LOST_MESSAGE),  # recorded if it was running: a redelivery
+            worker=worker,
+            attempts=F("attempts") + 1,
+            lost_deliveries=Case(
+                When(status=Status.RUNNING, then=F("lost_deliveries") + 1),
+                default=F("lost_deliveries"),
+                output_field=models.PositiveIntegerField(),
+            ),
+            started_at=Now(),
+            heartbeat_at=Now(),
+            next_retry_at=None,
+            dispatched_at=Coalesce("dispatched_at", Now()),  # a claimed job's message was published
+        )
+        if old is None:
+            return None
+        return Claim(
+            attempt=old["attempts"] + 1,
+            lost_deliveries=old["lost_deliveries"] + int(old["status"] == Status.RUNNING),
+            max_retries=old["max_retries"],
+            correlation_id=old["correlation_id"],
+        )
 
     def heartbeat(self, *, progress: float | None = None, message: str | None = None) -> bool:
         """Prove the running attempt is alive; False means the job is no longer running (cancelled)."""
@@ -340,52 +337,64 @@ class Job(models.Model):
 
     def mark_retrying(self, *, error_type: str, error_message: str, next_retry_at: datetime) -> bool:
         """Record a transient failure; the attempt is closed and the next one scheduled."""
-        return self._leave(
-            Status.RETRYING,
-            (AttemptOutcome.RETRIED, error_type, error_message),
-            error_type=error_type,
-            error_message=error_message,
-            next_retry_at=next_retry_at,
-            heartbeat_at=None,
+        return (
+            self._move(
+                Status.RETRYING,
+                (AttemptOutcome.RETRIED, error_type, error_message),
+                error_type=error_type,
+                error_message=error_message,
+                next_retry_at=next_retry_at,
+                heartbeat_at=None,
+            )
+            is not None
         )
 
     def mark_succeeded(self, *, result: Any) -> bool:
         if connection.vendor == "postgresql":
             return fastpath.succeed(self.pk, result)
-        return self._leave(
-            Status.SUCCEEDED,
-            None,  # the job row records its one succeeded attempt (attempt_history)
-            result=result,
-            finished_at=Now(),
-            next_retry_at=None,
-            progress=Case(
-                When(progress__isnull=False, then=Value(1.0)), default=None, output_field=models.FloatField()
-            ),
-            error_type="",
-            error_message="",
-            traceback="",
+        return (
+            self._move(
+                Status.SUCCEEDED,
+                None,  # the job row records its one succeeded attempt (attempt_history)
+                result=result,
+                finished_at=Now(),
+                next_retry_at=None,
+                progress=Case(
+                    When(progress__isnull=False, then=Value(1.0)), default=None, output_field=models.FloatField()
+                ),
+                error_type="",
+                error_message="",
+                traceback="",
+            )
+            is not None
         )
 
     def mark_failed(self, *, error_type: str, error_message: str, traceback: str = "") -> bool:
         """Fail for good, from any open state (worker, main process after a hard time limit, reaper)."""
-        return self._leave(
-            Status.FAILED,
-            (AttemptOutcome.FAILED, error_type, error_message),
-            error_type=error_type[:200],
-            error_message=error_message,
-            traceback=traceback,
-            finished_at=Now(),
-            next_retry_at=None,
+        return (
+            self._move(
+                Status.FAILED,
+                (AttemptOutcome.FAILED, error_type, error_message),
+                error_type=error_type[:200],
+                error_message=error_message,
+                traceback=traceback,
+                finished_at=Now(),
+                next_retry_at=None,
+            )
+            is not None
         )
 
     def mark_cancelled(self, *, reason: str = "cancelled") -> bool:
-        return self._leave(
-            Status.CANCELLED,
-            (AttemptOutcome.CANCELLED, "cancelled", reason),
-            finished_at=Now(),
-            next_retry_at=None,
-            error_type="cancelled",
-            error_message=reason,
+        return (
+            self._move(
+                Status.CANCELLED,
+                (AttemptOutcome.CANCELLED, "cancelled", reason),
+                finished_at=Now(),
+                next_retry_at=None,
+                error_type="cancelled",
+                error_message=reason,
+            )
+            is not None
         )
 
     def reap_lost(self, *, seen_version: int, stale_before: datetime, retry: bool) -> bool:
@@ -407,7 +416,7 @@ class Job(models.Model):
         guard = Q(status=Status.RUNNING, version=seen_version) & (
             Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True)
         )
-        return self._leave(target, (AttemptOutcome.LOST, "lost", message), guard=guard, **fields)
+        return self._move(target, (AttemptOutcome.LOST, "lost", message), guard=guard, **fields) is not None
 
     def claim_terminal_hook(self, *, lease_before: datetime) -> bool:
         """Take one run of the on_terminal hook; False means it is done, not due, or being run elsewhere.
@@ -432,7 +441,7 @@ class Job(models.Model):
         return Job.objects.filter(pk=self.pk, terminal_hook=HookState.PENDING).update(**fields) == 1
 
     def _lock_for(self, target: str, guard: Q | None = None) -> dict[str, Any] | None:
-        """The row's attempt fields, locked until the transaction ends, if it may move to ``target``.
+        """The row's ``_LOCKED_FIELDS``, locked until the transaction ends, if it may move to ``target``.
 
         Inside transaction.atomic(): PostgreSQL locks the row (FOR UPDATE); SQLite's transactions
         take the database's write lock at BEGIN (transaction_mode IMMEDIATE).
@@ -440,24 +449,29 @@ class Job(models.Model):
         rows = Job.objects.select_for_update().filter(pk=self.pk, status__in=_sources(target))
         if guard is not None:
             rows = rows.filter(guard)
-        return rows.values("status", "attempts", "worker", "started_at").first()
+        return rows.values(*_LOCKED_FIELDS).first()
 
-    def _leave(self, target: str, closing: tuple[str, str, str] | None, guard: Q | None = None, **fields: Any) -> bool:
-        """Move to ``target``; if the job was running, its attempt is recorded as ``closing``
-        (outcome, error type, error message) in the same transaction, unless that is None."""
+    def _move(
+        self, target: str, closing: tuple[str, str, str] | None, guard: Q | None = None, **fields: Any
+    ) -> dict[str, Any] | None:
+        """Move to ``target``: the row as it was before, if this caller won, else None.
+
+        If the job was running, the attempt that ends is recorded as ``closing`` (outcome, error
+        type, error message) in the same transaction, unless that is None (a success: see JobAttempt).
+        """
         with transaction.atomic():
             old = self._lock_for(target, guard)
             if old is None:
-                return False
+                return None
             updated = Job.objects.filter(pk=self.pk, status=old["status"])
             if guard is not None:
                 updated = updated.filter(guard)
             fields.setdefault("updated_at", Now())
             if updated.update(status=target, version=F("version") + 1, **fields) != 1:
-                return False
+                return None
             if old["status"] == Status.RUNNING and closing is not None:
                 self._record_attempt(old, *closing)
-        return True
+        return old
 
     def _record_attempt(self, old: dict[str, Any], outcome: str, error_type: str, error_message: str) -> None:
         """Write the row of the attempt that just ended (the running one lives on the job row).
@@ -485,6 +499,7 @@ class Job(models.Model):
         describes, running or succeeded (neither has a row: see JobAttempt)."""
         history = list(self.attempt_set.all())
         outcome = {Status.RUNNING: AttemptOutcome.RUNNING, Status.SUCCEEDED: AttemptOutcome.SUCCEEDED}.get(self.status)
+        # (a job that succeeded before migration 0005 has a stored row for that attempt already)
         if outcome and self.attempts and all(recorded.number != self.attempts for recorded in history):
             history.append(
                 JobAttempt(
@@ -503,7 +518,7 @@ class JobAttempt(models.Model):
     """One try of a job that ended without succeeding (retried, lost, failed, cancelled), so a
     retried job's history is kept, not overwritten.
 
-    The row is written when the attempt ends (Job._leave). The attempt that is running, and the
+    The row is written when the attempt ends (Job._move). The attempt that is running, and the
     one that succeeded (a job succeeds once), are described by the job row itself: its attempts,
     worker, started_at and finished_at. That keeps the common path, claim then success, at one
     UPDATE per transition and no attempt rows at all; Job.attempt_history() gives the full list.

@@ -68,7 +68,7 @@ class TrackedTask(DjangoTask):
     def heartbeat(self, progress: float | None = None, message: str | None = None) -> None:
         """Prove this attempt is alive (and report progress); stops the job if it was cancelled."""
         try:
-            alive = Job(pk=self.request.id).heartbeat(progress=progress, message=message)
+            alive = Job(id=self.request.id).heartbeat(progress=progress, message=message)
         except (OperationalError, InterfaceError):
             logger.warning("heartbeat of job %s not recorded (database unavailable)", self.request.id)
             connection.close()
@@ -79,7 +79,7 @@ class TrackedTask(DjangoTask):
     # -- Celery hooks --------------------------------------------------------------------------
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
         """Claim the record; a terminal or cancelled job (e.g. a redelivered message) does not run."""
-        job = Job(pk=task_id)
+        job = Job(id=task_id)  # id=, not pk=: pk= would also draw a default uuid4 for id, on every job
         claim = durable(lambda: job.mark_started(worker=self.request.hostname or ""), what=f"the start of {task_id}")
         if claim is None:
             logger.warning("job %s not run: it is terminal, cancelled or unknown", task_id)
@@ -120,7 +120,7 @@ class TrackedTask(DjangoTask):
             next_retry_at = when or timezone.now()
         error_type, error_message = describe_error(exc)
         durable(
-            lambda: Job(pk=task_id).mark_retrying(
+            lambda: Job(id=task_id).mark_retrying(
                 error_type=error_type, error_message=error_message, next_retry_at=next_retry_at
             ),
             what=f"the retry of {task_id}",
@@ -128,7 +128,7 @@ class TrackedTask(DjangoTask):
 
     def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
         """Record the result; a job cancelled meanwhile keeps its cancelled state."""
-        won = durable(lambda: Job(pk=task_id).mark_succeeded(result=retval), what=f"the result of {task_id}")
+        won = durable(lambda: Job(id=task_id).mark_succeeded(result=retval), what=f"the result of {task_id}")
         if not won:
             logger.warning("job %s finished but was no longer running; result discarded", task_id)
         else:
@@ -139,7 +139,7 @@ class TrackedTask(DjangoTask):
         error_type, error_message = describe_error(exc)
         traceback = str(einfo.traceback) if einfo is not None else ""
         won = durable(
-            lambda: Job(pk=task_id).mark_failed(
+            lambda: Job(id=task_id).mark_failed(
                 error_type=error_type, error_message=error_message, traceback=traceback
             ),
             what=f"the failure of {task_id}",
@@ -190,5 +190,5 @@ def _record_rejected(sender: Any = None, task_id: str | None = None, exception: 
     """A job that rejects its own message (Reject(requeue=False)) fails for good and is dead-lettered."""
     if not isinstance(sender, TrackedTask) or not isinstance(exception, Reject) or exception.requeue:
         return
-    if Job(pk=task_id).mark_failed(error_type="Rejected", error_message=str(exception.reason or "rejected")):
+    if Job(id=task_id).mark_failed(error_type="Rejected", error_message=str(exception.reason or "rejected")):
         dead_letter_job(task_id, reason=DeadLetterReason.REJECTED)
