@@ -6,7 +6,7 @@ Every variant runs the same no-op body on the same worker command:
 - ``bench.dcr``: plain Celery storing its result with django-celery-results (``django-db``),
   STARTED included, as ``CELERY_TASK_TRACK_STARTED`` configures it;
 - ``bench.dcr_nostarted``: the same without the STARTED write (reported as an extra variant);
-- ``bench.noop``: a Terminus tracked job type (``tasks.registry.job``): claim and success records.
+- ``bench.noop``: a Terminus tracked job type (``tasks.runtime.registry.job``): claim and success records.
 
 One ``task_postrun`` handler serves all of them, so every variant pays the same extra cost: one
 pipelined Redis round trip that counts the task and appends ``"<task id> <time.time()>"`` to a
@@ -26,8 +26,8 @@ from celery import shared_task
 from celery.signals import task_postrun
 from pydantic import BaseModel
 
-from tasks.base import TrackedTask
-from tasks.registry import job
+from tasks.runtime.base import TrackedTask
+from tasks.runtime.registry import job
 
 from .common import DONE_COUNTER, DONE_LIST, TRACKED_QUEUE, VARIANTS  # noqa: F401 - VARIANTS re-exported
 

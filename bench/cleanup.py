@@ -7,7 +7,7 @@ recent ones of every status and old ones that are still open (a year-old ``runni
 stuck, not expired). Then the product's retention function is called directly, in this process,
 until it reports nothing more to delete (or the expired jobs are gone):
 
-- **Call site.** ``tasks.cleanup``: the function registered as the ``terminus.cron.cleanup`` cron
+- **Call site.** ``tasks.crons.cleanup``: the function registered as the ``terminus.cron.cleanup`` cron
   (``@cron`` returns it unchanged, so it is called without the cron's lock and run record), or
   ``--cleanup-entry module:function``. While that module does not exist the bench runs a
   *reference* batched delete of its own (``reference_cleanup``, 5,000 jobs per transaction through
@@ -46,19 +46,19 @@ def find_entry(spec: str | None) -> tuple[Callable[[], Any] | None, str]:
         module_name, _, attr = spec.partition(":")
         return getattr(importlib.import_module(module_name), attr), spec
     try:
-        module = importlib.import_module("tasks.cleanup")
+        module = importlib.import_module("tasks.crons.cleanup")
     except ModuleNotFoundError as exc:
-        if exc.name != "tasks.cleanup":
-            return None, f"tasks/cleanup.py could not be imported: {type(exc).__name__}: {exc}"
-        return None, "tasks/cleanup.py does not exist yet"
+        if exc.name != "tasks.crons.cleanup":
+            return None, f"tasks/crons/cleanup.py could not be imported: {type(exc).__name__}: {exc}"
+        return None, "tasks/crons/cleanup.py does not exist yet"
     except Exception as exc:  # noqa: BLE001 - a module being written: report why, measure the reference
-        return None, f"tasks/cleanup.py could not be imported: {type(exc).__name__}: {exc}"
+        return None, f"tasks/crons/cleanup.py could not be imported: {type(exc).__name__}: {exc}"
     for name in dir(module):
         value = getattr(module, name)
         task = getattr(value, "cron_task", None)
         if callable(value) and getattr(task, "name", None) == CRON_TASK:
-            return value, f"tasks.cleanup:{name} (the {CRON_TASK} cron)"
-    return None, f"tasks/cleanup.py has no function registered as {CRON_TASK}; pass --cleanup-entry"
+            return value, f"tasks.crons.cleanup:{name} (the {CRON_TASK} cron)"
+    return None, f"tasks/crons/cleanup.py has no function registered as {CRON_TASK}; pass --cleanup-entry"
 
 
 def reference_cleanup(cutoff_days: int = 365) -> int:

@@ -7,7 +7,7 @@ to make in the product is in bench/README.md.
 
 - ``no-record-writes``: the worker's claim and success write are skipped (a fake claim): what a
   tracked job costs apart from its two statements. A breakdown, not a candidate change.
-- ``cleanup-keyset``: tasks.cleanup's keyset page also bounds the ordering column from below
+- ``cleanup-keyset``: tasks.crons.cleanup's keyset page also bounds the ordering column from below
   (``order >= last value``), so PostgreSQL starts the index scan at the last batch instead of
   filtering every row before it (each batch re-read all the earlier ones: quadratic).
 - ``cleanup-pk-only``: the batch is deleted with ``.only("pk")``, so the ORM's collector does not
@@ -85,10 +85,10 @@ def _set_delete(model: Any, ids: list[Any]) -> int | None:
 def _cleanup_rows(*, keyset: bool, pk_only: bool, set_delete: bool = False) -> Callable[[], None]:
     from django.db.models import Q
 
-    import tasks.cleanup as cleanup
+    import tasks.crons.cleanup as cleanup
 
     def rows(self: Any, kind: str, queryset: Any, order: str, *, also: Any = None) -> None:
-        """tasks.cleanup.Sweep.rows as of this bench, with the candidate changes switched on."""
+        """tasks.crons.cleanup.Sweep.rows as of this bench, with the candidate changes switched on."""
         self.deleted.setdefault(kind, 0)
         after = None
         while True:

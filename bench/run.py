@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             from . import experiments
 
             if args.cleanup_batch:
-                settings.TERMINUS_CLEANUP_BATCH = args.cleanup_batch  # read by tasks.cleanup at each call
+                settings.TERMINUS_CLEANUP_BATCH = args.cleanup_batch  # read by tasks.crons.cleanup at each call
             with experiments.active(args.cleanup_experiment_list):
                 results["cleanup"] = cleanup.run(args)
             results["cleanup"]["batch"] = getattr(settings, "TERMINUS_CLEANUP_BATCH", None)

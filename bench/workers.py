@@ -21,7 +21,7 @@ Method (also written to RESULTS.md):
   from /proc, so a backend that exits between samples loses at most 0.2 s of its CPU).
 - **Latency.** One job at a time, nothing else queued, the variants taking turns job by job
   (paired samples: each variant sees the same moments of a shared machine): submit (for Terminus
-  the real ``tasks.submit.submit``: record, commit, publish, mark dispatched), then wait for its
+  the real ``tasks.submit.outbox.submit``: record, commit, publish, mark dispatched), then wait for its
   ``task_postrun`` entry (BLPOP); latency = the worker's postrun ``time.time()`` minus
   ``time.time()`` just before the submit call; 10 ms pause between jobs. The submit call alone is
   reported too.
@@ -97,8 +97,8 @@ def submit_plain(variant: str, n: int) -> None:
 
 
 def submit_tracked(n: int) -> None:
-    """The real bulk path: tasks.submit.submit_many, 1,000 jobs per call (TERMINUS_MAX_BULK)."""
-    from tasks.submit import submit_many
+    """The real bulk path: tasks.submit.outbox.submit_many, 1,000 jobs per call (TERMINUS_MAX_BULK)."""
+    from tasks.submit.outbox import submit_many
 
     left = n
     while left:
@@ -234,7 +234,7 @@ def latency(
     samples: every variant sees the same moments of a shared machine.
     """
     from project.celery import app
-    from tasks.submit import submit as submit_job
+    from tasks.submit.outbox import submit as submit_job
 
     env.truncate()
     reset_counters()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from logging.config import dictConfig
 
 from celery import Celery
 from celery.signals import setup_logging
+from django.conf import settings
 from kombu.transport import TRANSPORT_ALIASES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
@@ -23,19 +25,4 @@ app.autodiscover_tasks()
 @setup_logging.connect
 def _use_django_logging(**_: object) -> None:
     """Hand logging to Django's LOGGING instead of Celery's own handlers."""
-    from logging.config import dictConfig
-
-    from django.conf import settings
-
     dictConfig(settings.LOGGING)
-
-
-def _install_dead_letter_drain() -> None:
-    """On RabbitMQ, workers that consume dead_letter also drain the broker's dead-letter queue."""
-    if app.conf.broker_url.startswith(("amqp", "pyamqp")):
-        from tasks.dlx import DeadLetterExchangeDrain
-
-        app.steps["consumer"].add(DeadLetterExchangeDrain)
-
-
-_install_dead_letter_drain()

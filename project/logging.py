@@ -43,7 +43,7 @@ EXTRA_FIELDS = (
     "remote_addr",
 )
 #: The Celery-native task that records a dead letter: its lines carry the failed job's id and
-#: correlation id, taken from the dead-letter message (wire protocol: tasks/dead_letter.py).
+#: correlation id, taken from the dead-letter message (wire protocol: tasks/failure/dead_letters.py).
 DEAD_LETTER_RECORD_TASK = "terminus.dead_letter.record"
 
 

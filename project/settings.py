@@ -365,7 +365,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # this many tasks is safe because every record write retries on a broken connection.
 CELERY_DB_REUSE_MAX = env_int("CELERY_DB_REUSE_MAX", 1000, minimum=0) or None
 # Poison messages (undecodable, unknown task, malformed) are recorded as dead letters, not dropped.
-CELERY_WORKER_CONSUMER = "tasks.poison:TerminusConsumer"
+CELERY_WORKER_CONSUMER = "tasks.failure.poison:TerminusConsumer"
 if CELERY_BROKER_URL.startswith(("amqp", "pyamqp")):
     # RabbitMQ: work queues dead-letter broker-level rejects to a real DLX; a worker that consumes
     # dead_letter also drains dead_letter.raw into records. Queue arguments cannot change once a
@@ -384,7 +384,7 @@ if CELERY_BROKER_URL.startswith(("amqp", "pyamqp")):
     ] + [Queue("dead_letter.raw", _dlx, routing_key="dead_letter.raw")]
 
 # ---------------------------------------------------------------------------------------------
-# Crons: the beat schedule (tasks/schedule.py), the reaper, health checks, retention
+# Crons: the beat schedule (tasks/crons/beat.py), the reaper, health checks, retention
 # ---------------------------------------------------------------------------------------------
 # Crons run on a queue of their own, so a backlog of jobs never delays the reaper.
 TERMINUS_CRON_QUEUE = env_str("TERMINUS_CRON_QUEUE", "crons")
@@ -431,15 +431,11 @@ TERMINUS_CLEANUP_MAX_SECONDS = env_int("TERMINUS_CLEANUP_MAX_SECONDS", 1800, min
 if TERMINUS_CLEANUP_MAX_SECONDS > 3000:
     raise ImproperlyConfigured("TERMINUS_CLEANUP_MAX_SECONDS must stay below the cleanup cron's 3600 s time limit")
 TERMINUS_ROLLUP_HOURS = env_int("TERMINUS_ROLLUP_HOURS", 3, minimum=1)  # complete hours recomputed per run
-# Beat stamps each cron message with its tick (the lock key); its entries come from tasks/schedule.py.
-CELERY_BEAT_SCHEDULER = "tasks.schedule:Scheduler"
+# Beat stamps each cron message with its tick (the lock key); its entries come from tasks/crons/beat.py.
+CELERY_BEAT_SCHEDULER = "tasks.crons.beat:Scheduler"
 # Cleanup deletes django-celery-results rows in batches; Celery's own backend_cleanup (one
 # DELETE of every expired row, daily at 4:00) would otherwise run too, unrecorded.
 CELERY_RESULT_EXPIRES = None
-# Workers and beat import the cron modules (tasks/schedule.py BUILTIN_CRON_MODULES) and any extra ones.
-CELERY_IMPORTS = [
-    "tasks.crons", "tasks.reaper", "tasks.health", "tasks.rollup", "tasks.cleanup", *TERMINUS_CRON_MODULES,
-]  # fmt: skip
 
 # ---------------------------------------------------------------------------------------------
 # Logging
@@ -448,11 +444,12 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 # json: one JSON object per line (log shippers); console: readable lines for a terminal.
 LOG_FORMAT = env_str("LOG_FORMAT", "json" if PRODUCTION else "console")
 from project.logging import logging_config  # noqa: E402  (structlog wiring, no application code)
+from project.sentry import init as init_sentry  # noqa: E402  (Sentry wiring, no application code)
 
 LOGGING = logging_config(level=LOG_LEVEL, fmt=LOG_FORMAT)
 
 # ---------------------------------------------------------------------------------------------
-# Metrics (GET /metrics; project/metrics.py)
+# Metrics (GET /metrics; results/ops/metrics.py)
 # ---------------------------------------------------------------------------------------------
 # Cluster-internal by default; set a token to require "Authorization: Bearer <token>".
 TERMINUS_METRICS_TOKEN = env_str("TERMINUS_METRICS_TOKEN")
@@ -474,8 +471,6 @@ TERMINUS_WORKER_METRICS_ADDR = env_str("TERMINUS_WORKER_METRICS_ADDR", "0.0.0.0"
 SENTRY_DSN = env_str("SENTRY_DSN")
 if SENTRY_DSN:
     # Initialised here, before Celery imports its tracer, so the Celery integration patches it.
-    from project.sentry import init as _init_sentry
-
-    _init_sentry(
+    init_sentry(
         dsn=SENTRY_DSN, environment=env_str("SENTRY_ENVIRONMENT", TERMINUS_ENV), release=env_str("SENTRY_RELEASE")
     )

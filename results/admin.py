@@ -2,7 +2,7 @@
 
 Job rows are written by machines (submit, workers, the reaper) through the state machine in
 ``results.models``, so the admin never edits them: operators act on jobs only through the same
-calls the API uses (``tasks.submit.rerun`` and ``tasks.submit.cancel``).
+calls the API uses (``tasks.submit.outbox.rerun`` and ``tasks.submit.outbox.cancel``).
 
 Nothing on the change list scans the whole table: the paginator never runs a bare ``COUNT(*)``,
 the filters take their choices from code (the registry, settings), not ``SELECT DISTINCT``, and
@@ -27,8 +27,9 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import ngettext
 
-from tasks.registry import job_types
-from tasks.submit import SubmissionError, cancel, rerun
+from tasks.runtime.types import job_types
+from tasks.submit.actions import cancel, rerun
+from tasks.submit.outbox import SubmissionError
 
 from .models import Job, Membership, Status, Tenant
 from .querysets import OPEN_STATUSES

@@ -1,6 +1,6 @@
 """Operator admin for the crons: the schedule (read-only, from code), their runs, health, canaries, metrics.
 
-The schedule is declared in tasks/schedule.py, not in the database: it is reviewed and versioned
+The schedule is declared in tasks/crons/beat.py, not in the database: it is reviewed and versioned
 with the code that runs it, and every process reads the same one. This admin shows it, with each
 cron's last run and skip count, above the run history; nothing here is editable. Registered by
 ``results/admin.py`` (one import line).
@@ -14,7 +14,7 @@ from django.contrib import admin
 from django.db.models import Count
 from django.utils.html import format_html
 
-from tasks.schedule import load, next_run
+from tasks.crons.beat import load, next_run
 
 from .admin import _pre, _pretty_json
 from .models import CronRun, CronRunStatus, HealthState, MetricsRollup, QueueCanary
@@ -77,7 +77,7 @@ class CronRunAdmin(ReadOnlyAdmin):
 
 
 def schedule_rows() -> list[dict[str, Any]]:
-    """One row per cron in tasks/schedule.py: interval, next send, last run, skips, health."""
+    """One row per cron in tasks/crons/beat.py: interval, next send, last run, skips, health."""
     crons = load()
     skipped = dict(
         CronRun.objects.filter(status=CronRunStatus.SKIPPED).values_list("cron").annotate(n=Count("pk")).order_by()

@@ -1,9 +1,9 @@
 """Operator admin for dead letters and the alerts sent about them: read-only, with replay and resolve.
 
-Dead letters are written by the dead-letter path (``tasks.dead_letter``), alerts and throttle
-windows by the alerting path (``tasks.alerting``), so the admin never edits them. Operators act
+Dead letters are written by the dead-letter path (``tasks.failure.dead_letters``), alerts and throttle
+windows by the alerting path (``tasks.failure.alerting``), so the admin never edits them. Operators act
 on a dead letter only through the calls the API and ``manage.py deadletters`` use
-(``tasks.dead_letter.replay`` and ``resolve``); deleting is ``manage.py deadletters purge``'s job.
+(``tasks.failure.dead_letters.replay`` and ``resolve``); deleting is ``manage.py deadletters purge``'s job.
 
 Registered by ``results/admin.py`` (its last line), whose cheap-count paginator and rendering
 helpers it reuses: no change list here counts or scans a whole table, and filters take their
@@ -23,10 +23,10 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import ngettext
 
-from tasks.alerting import MailChannel, WebhookChannel
-from tasks.dead_letter import ReplayError, replay, resolve
-from tasks.registry import job_types
-from tasks.submit import SubmissionError
+from tasks.failure.alerting import MailChannel, WebhookChannel
+from tasks.runtime.types import job_types
+from tasks.submit.actions import ReplayError, replay, resolve
+from tasks.submit.outbox import SubmissionError
 
 from .admin import MAX_ACTION_JOBS, CheapCountPaginator, _job_link, _pre, _pretty_json
 from .models import Alert, AlertWindow, DeadLetter, DeadLetterStatus

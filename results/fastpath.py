@@ -15,10 +15,9 @@ from typing import Any
 from django.db import connection
 
 
-def _job_table() -> str:
-    from .models import Job
-
-    return connection.ops.quote_name(Job._meta.db_table)
+def _quoted(table: str) -> str:
+    """The job table's name, quoted; the model passes its own ``db_table`` (this module imports no model)."""
+    return connection.ops.quote_name(table)
 
 
 def _commit_mode() -> str:
@@ -27,7 +26,7 @@ def _commit_mode() -> str:
     return "on" if connection.in_atomic_block else "off"
 
 
-def claim(job_id: Any, worker: str) -> tuple[int, int, int, str] | None:
+def claim(table: str, job_id: Any, worker: str) -> tuple[int, int, int, str] | None:
     """(attempt, lost_deliveries, max_retries, correlation_id) if this worker claimed the queued or
     retrying job, else None: the job is running (a redelivery, which Job.mark_started handles),
     terminal, cancelled or unknown.
@@ -39,7 +38,7 @@ def claim(job_id: Any, worker: str) -> tuple[int, int, int, str] | None:
     finds the job not running and the job is re-dispatched by the reaper, so it still ends
     terminal (at least once, as with any redelivery).
     """
-    job = _job_table()
+    job = _quoted(table)
     sql = f"""
         UPDATE {job} SET
             status = 'running', version = version + 1, updated_at = now(), worker = %(worker)s,
@@ -55,10 +54,10 @@ def claim(job_id: Any, worker: str) -> tuple[int, int, int, str] | None:
     return (int(row[0]), int(row[1]), int(row[2]), row[3]) if row else None
 
 
-def mark_dispatched(job_ids: list[Any]) -> int:
+def mark_dispatched(table: str, job_ids: list[Any]) -> int:
     """Mark published jobs, committing asynchronously: a marker lost in a PostgreSQL crash only
     means the reaper publishes the job again, and the claim guard makes that duplicate harmless."""
-    job = _job_table()
+    job = _quoted(table)
     sql = f"""
         WITH marked AS (
             UPDATE {job} SET dispatched_at = now(), version = version + 1, updated_at = now()
@@ -72,12 +71,12 @@ def mark_dispatched(job_ids: list[Any]) -> int:
         return int(cursor.fetchone()[0])
 
 
-def succeed(job_id: Any, result: Any) -> bool:
+def succeed(table: str, job_id: Any, result: Any) -> bool:
     """Record success; False if the job was no longer running.
 
     No attempt row: the job row describes its one succeeded attempt (see JobAttempt).
     """
-    job = _job_table()
+    job = _quoted(table)
     sql = f"""
         UPDATE {job} SET
             status = 'succeeded', version = version + 1, updated_at = now(), finished_at = now(),

@@ -167,7 +167,7 @@ class Job(models.Model):
         null=True, blank=True, help_text="When its final failure was published to the dead_letter queue."
     )
     updated_at = models.DateTimeField(default=timezone.now)
-    # The job type's on_terminal hook, run at least once after every terminal transition (tasks.hooks).
+    # The job type's on_terminal hook, run at least once after every terminal transition (tasks.runtime.hooks).
     terminal_hook = models.CharField(
         max_length=16,
         choices=HookState.choices,
@@ -275,7 +275,7 @@ class Job(models.Model):
         for start in range(0, len(job_ids), 1000):
             chunk = job_ids[start : start + 1000]
             if connection.vendor == "postgresql":
-                marked += fastpath.mark_dispatched(chunk)
+                marked += fastpath.mark_dispatched(Job._meta.db_table, chunk)
             else:
                 marked += Job.objects.filter(pk__in=chunk, dispatched_at__isnull=True).update(
                     dispatched_at=Now(), version=F("version") + 1, updated_at=Now()
@@ -299,7 +299,8 @@ class Job(models.Model):
         delivery and the attempt it interrupted is recorded as ``lost``.
         """
         if connection.vendor == "postgresql":
-            row = fastpath.claim(self.pk, worker)  # the common case, queued or retrying: one statement
+            # The common case, queued or retrying: one statement.
+            row = fastpath.claim(self._meta.db_table, self.pk, worker)
             if row:
                 return Claim(*row)
         old = self._move(
@@ -351,7 +352,7 @@ class Job(models.Model):
 
     def mark_succeeded(self, *, result: Any) -> bool:
         if connection.vendor == "postgresql":
-            return fastpath.succeed(self.pk, result)
+            return fastpath.succeed(self._meta.db_table, self.pk, result)
         return (
             self._move(
                 Status.SUCCEEDED,
@@ -667,7 +668,7 @@ class Alert(models.Model):
         return f"{self.channel}: {self.subject} ({self.status})"
 
 
-# -- crons, health and metrics (tasks/schedule.py and the crons it lists) --------------------------
+# -- crons, health and metrics (tasks/crons/beat.py and the crons it lists) --------------------------
 class CronRunStatus(models.TextChoices):
     # Started and not finished yet (or its worker died: the next tick closes it as failed).
     RUNNING = "running"
@@ -684,7 +685,7 @@ class CronRun(models.Model):
     insert and only bumps ``duplicates``. Every row ends succeeded, failed or skipped.
     """
 
-    cron = models.CharField(max_length=100, help_text="The cron's name in tasks/schedule.py.")
+    cron = models.CharField(max_length=100, help_text="The cron's name in tasks/crons/beat.py.")
     tick = models.DateTimeField(help_text="The schedule slot this run belongs to.")
     status = models.CharField(max_length=16, choices=CronRunStatus.choices, default=CronRunStatus.RUNNING)
     task_id = models.CharField(max_length=255, blank=True, default="", help_text="The Celery task id of the run.")

@@ -3,13 +3,26 @@ from importlib import import_module
 from django.apps import AppConfig
 from django.conf import settings
 
+#: Imported in every process (web, worker, beat) once Django is ready: the Celery-native tasks
+#: (dead letters, alerts, canaries), the worker's signal handlers (event metrics) and remote-control
+#: commands. Job types (TERMINUS_JOB_MODULES) and crons (tasks.crons.beat.load) follow.
+ENGINE_MODULES = (
+    "tasks.failure.dead_letters",
+    "tasks.failure.alerting",
+    "tasks.fleet.canaries",
+    "tasks.fleet.control",
+    "tasks.fleet.events",
+)
+
 
 class TasksConfig(AppConfig):
     name = "tasks"
     verbose_name = "Terminus runtime"
 
     def ready(self) -> None:
-        # Importing a job module registers its job types (and their Celery tasks); the runtime's
-        # own Celery-native tasks (dead letters, alerts) register the same way.
-        for module in ("tasks.dead_letter", "tasks.alerting", *settings.TERMINUS_JOB_MODULES):
+        # Importing a module registers what it declares (Celery tasks, job types, crons, signal
+        # handlers), so web, worker and beat all see the same registries. Django's rule: app code
+        # is imported here, not when the app config is.
+        for module in (*ENGINE_MODULES, *settings.TERMINUS_JOB_MODULES):
             import_module(module)
+        import_module("tasks.crons.beat").load()

@@ -23,7 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tasks.submit import submit_many
+from tasks.submit.outbox import submit_many
 
 from .parsers import LimitedJSONParser
 from .throttling import SubmitRateThrottle

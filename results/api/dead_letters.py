@@ -1,7 +1,7 @@
 """The dead-letter API: see, replay and resolve what failed for good.
 
 Jobs that fail for good, and broker messages that never became a job run (unknown task,
-undecodable, malformed), are kept as ``DeadLetter`` rows by ``tasks.dead_letter``. These
+undecodable, malformed), are kept as ``DeadLetter`` rows by ``tasks.failure.dead_letters``. These
 endpoints are the human side of that store; they call the same functions as the admin and
 ``manage.py deadletters`` (``replay``, ``resolve``, ``queue_stats``):
 
@@ -35,8 +35,9 @@ from rest_framework.response import Response
 
 from results.models import Alert, AlertStatus, DeadLetter, DeadLetterReason, DeadLetterStatus, Job
 from results.querysets import scoped_by_job, sees_every_tenant
-from tasks import dead_letter as dlq
-from tasks.submit import PayloadTooLarge, SubmissionError
+from tasks.failure.dead_letters import queue_stats
+from tasks.submit.actions import ReplayError, replay, resolve
+from tasks.submit.outbox import PayloadTooLarge, SubmissionError
 
 from .errors import Conflict
 from .pagination import JobCursorPagination
@@ -332,7 +333,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
     def stats(self, request: Request) -> Response:
         no_query_parameters(request)
         everything = sees_every_tenant(request.user)
-        figures = dlq.queue_stats() if everything else scoped_stats(self.get_queryset())
+        figures = queue_stats() if everything else scoped_stats(self.get_queryset())
         return Response(DeadLetterStatsSerializer(figures).data)
 
     @extend_schema(
@@ -380,8 +381,8 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
         try:
             # The original job's owner keeps the replay (so its users see it); a message with no
             # job (staff-only) is owned by whoever replays it.
-            job, created = dlq.replay(letter, payload=payload, owner=None if letter.job_id else request.user)
-        except dlq.ReplayError as exc:
+            job, created = replay(letter, payload=payload, owner=None if letter.job_id else request.user)
+        except ReplayError as exc:
             current = DeadLetter.objects.filter(pk=letter.pk).values_list("status", flat=True).first()
             raise Conflict({"status" if current != DeadLetterStatus.OPEN else "type": [str(exc)]}) from None
         except PayloadTooLarge:
@@ -415,7 +416,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
     def resolve(self, request: Request, pk: str) -> Response:
         letter = self.get_letter(pk)
         if letter.status == DeadLetterStatus.OPEN:
-            dlq.resolve(letter, by=request.user.get_username())  # guarded: a replay may win the race
+            resolve(letter, by=request.user.get_username())  # guarded: a replay may win the race
             letter = DeadLetter.objects.get(pk=letter.pk)
         if letter.status == DeadLetterStatus.REPLAYED:
             raise Conflict(

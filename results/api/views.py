@@ -25,8 +25,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from results.models import Job, Status
-from tasks.registry import job_types
-from tasks.submit import SubmissionError, cancel, rerun, submit_or_get
+from tasks.runtime.types import job_types
+from tasks.submit.actions import cancel, rerun
+from tasks.submit.outbox import SubmissionError, submit_or_get
 
 from .errors import Conflict
 from .pagination import JobCursorPagination

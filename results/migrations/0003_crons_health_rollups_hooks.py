@@ -17,7 +17,7 @@ class Migration(migrations.Migration):
             name='CronRun',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('cron', models.CharField(help_text="The cron's name in tasks/schedule.py.", max_length=100)),
+                ('cron', models.CharField(help_text="The cron's name in tasks/crons/beat.py.", max_length=100)),
                 ('tick', models.DateTimeField(help_text='The schedule slot this run belongs to.')),
                 ('status', models.CharField(choices=[('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('skipped', 'Skipped')], default='running', max_length=16)),
                 ('task_id', models.CharField(blank=True, default='', help_text='The Celery task id of the run.', max_length=255)),

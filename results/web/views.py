@@ -16,7 +16,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.generic import TemplateView
 
 from results.models import Job
-from tasks.registry import job_types
+from tasks.runtime.types import job_types
 
 #: The value an example payload shows for a required field without a default, by JSON type.
 EMPTY_BY_JSON_TYPE: dict[str, Any] = {

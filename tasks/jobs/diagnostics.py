@@ -14,10 +14,10 @@ from celery.exceptions import Reject
 from django.conf import settings
 from pydantic import BaseModel, Field
 
-from tasks.base import TrackedTask
-from tasks.errors import PermanentError, TransientError
-from tasks.registry import job
-from tasks.retry import RetryPolicy
+from tasks.runtime.base import TrackedTask
+from tasks.runtime.errors import PermanentError, TransientError
+from tasks.runtime.registry import job
+from tasks.runtime.retry import RetryPolicy
 
 
 class SleepInput(BaseModel):

@@ -15,8 +15,8 @@ from django.core.files.storage import default_storage
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from results.models import Job, Status
-from tasks.base import TrackedTask
-from tasks.registry import job
+from tasks.runtime.base import TrackedTask
+from tasks.runtime.registry import job
 
 #: Columns of an export, in order; payloads and results are left out (they may hold user data).
 COLUMNS = (

@@ -11,10 +11,10 @@ import httpx
 from django.conf import settings
 from pydantic import AnyHttpUrl, BaseModel, Field, field_validator
 
-from tasks.base import TrackedTask
-from tasks.errors import PermanentError, TransientError
-from tasks.registry import job
-from tasks.retry import RetryPolicy
+from tasks.runtime.base import TrackedTask
+from tasks.runtime.errors import PermanentError, TransientError
+from tasks.runtime.registry import job
+from tasks.runtime.retry import RetryPolicy
 
 #: 4xx answers that mean "not now" rather than "never" (timeout, too early, rate limited): retried.
 RETRYABLE_4XX = frozenset({408, 425, 429})

@@ -138,7 +138,7 @@ def default_queues() -> list[str]:
 
 def ops_queues() -> list[str]:
     """Queues every deployment must consume besides the job queues: final failures and the crons."""
-    from tasks.dead_letter import DEAD_LETTER_QUEUE
+    from tasks.failure.dead_letters import DEAD_LETTER_QUEUE
 
     return [DEAD_LETTER_QUEUE, str(settings_default("TERMINUS_CRON_QUEUE"))]
 

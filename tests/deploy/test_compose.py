@@ -271,7 +271,7 @@ def test_the_readme_documents_exactly_the_compose_files_commands(services: dict[
 
 def test_the_web_healthcheck_waits_for_the_database_not_for_the_workers_that_wait_for_it() -> None:
     """Workers and beat depend on web being healthy: web's check must not need them (a deadlock)."""
-    from tasks.health import CHECKS
+    from tasks.fleet.readiness import CHECKS
 
     source = (DEPLOY / "healthcheck.py").read_text()
     path = re.search(r"HEALTHCHECK_PATH\", \"([^\"]+)\"", source).group(1)

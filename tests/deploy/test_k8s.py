@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tasks.health import CHECKS as HEALTH_CHECKS
+from tasks.fleet.readiness import CHECKS as HEALTH_CHECKS
 from tests.deploy.helpers import (
     DEPLOY,
     DOCKERFILE,

@@ -16,7 +16,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from results.models import AttemptOutcome, Job, JobAttempt, Status
-from tasks.submit import submit
+from tasks.submit.outbox import submit
 from tests.conftest import ROOT, wait_for, wait_status, wait_terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)

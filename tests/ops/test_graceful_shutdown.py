@@ -14,9 +14,9 @@ from django.db import connection
 from django.db.models import Count
 from django.utils import timezone
 
-from project.metrics import broker_queue_depths
 from results.models import Job, Status
-from tasks.submit import submit
+from tasks.fleet.probes import broker_queue_depths
+from tasks.submit.outbox import submit
 from tests.conftest import broker_kind, wait_for, wait_status, wait_terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)

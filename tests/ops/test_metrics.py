@@ -11,9 +11,9 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from project.metrics import terminal_job_counts
 from results.models import DeadLetter, DeadLetterReason, Job, Status
-from tasks.submit import submit
+from results.ops.metrics import terminal_job_counts
+from tasks.submit.outbox import submit
 from tests.conftest import wait_for, wait_terminal
 from tests.ops.conftest import free_port, sample, samples
 

@@ -87,7 +87,7 @@ def test_readyz_names_every_failing_check_with_its_reason(settings):
 
     from django.utils import timezone
 
-    from tasks.submit import _new_job
+    from tasks.submit.outbox import _new_job
 
     settings.TERMINUS_READY_DLQ_MAX_OPEN = 0
     settings.TERMINUS_READY_DEADLINE_GRACE = 0
@@ -101,7 +101,7 @@ def test_readyz_names_every_failing_check_with_its_reason(settings):
     response = Client().get("/readyz?check=database,dead_letters&check=deadlines&check=beat")
     assert response.status_code == 503
     body = response.json()
-    assert body["failing"] == ["beat", "dead_letters", "deadlines"]  # in the order of tasks.health.CHECKS
+    assert body["failing"] == ["beat", "dead_letters", "deadlines"]  # in the order of tasks.fleet.readiness.CHECKS
     assert set(body["checks"]) == {"database", "dead_letters", "deadlines", "beat"}
     assert body["checks"]["dead_letters"]["error"] == "1 open dead letters (threshold 0)"
     assert body["checks"]["deadlines"]["past_deadline"] == 1

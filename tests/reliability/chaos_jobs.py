@@ -18,9 +18,10 @@ from pathlib import Path
 from django.conf import settings
 from pydantic import BaseModel, Field
 
-from tasks.base import TrackedTask
-from tasks.registry import get_job_type, job
-from tasks.retry import RetryPolicy
+from tasks.runtime.base import TrackedTask
+from tasks.runtime.registry import job
+from tasks.runtime.retry import RetryPolicy
+from tasks.runtime.types import get_job_type
 
 NAME = "chaos.effect"
 #: Hard limit of one attempt (s): short, so the reaper's lost-worker cutoff (limit + grace) is seconds.

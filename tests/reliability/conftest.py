@@ -319,7 +319,7 @@ LATE_FINISH = re.compile(rb"job ([0-9a-f-]{36}) finished but was no longer runni
 def late_finishes(job_ids: list[Any]) -> set[str]:
     """Jobs whose body ran to its end in an attempt after the job had ended (or been taken over by
     another attempt): a second run. The records cannot show it, since that attempt's success write
-    is refused; the worker says so in its log (tasks.base.TrackedTask.on_success), and every worker
+    is refused; the worker says so in its log (tasks.runtime.base.TrackedTask.on_success), and every worker
     a test starts logs under ARTIFACTS."""
     wanted = {str(job_id) for job_id in job_ids}
     found: set[str] = set()
@@ -424,7 +424,7 @@ def chaos_env(**env: str) -> dict[str, str]:
 def start_stack(
     transactional_db: None, session_worker: Any, alert_sink: Any, mail_dir: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., Any]]:
-    """Factory for cron stacks (``celery beat`` with tasks.schedule:Scheduler + a cron worker) that
+    """Factory for cron stacks (``celery beat`` with tasks.crons.beat:Scheduler + a cron worker) that
     tick every second, as production runs the reaper, health checks and alerts; stopped at teardown."""
     from tests.tasks.cron_support import start_cron_stack
 
@@ -446,7 +446,7 @@ def start_stack(
 def chaos_job_type() -> Iterator[str]:
     """chaos.effect, known to this process for the module's tests only (other tests' catalogues of
     job types stay as the product ships them)."""
-    from tasks.registry import _REGISTRY
+    from tasks.runtime.types import _REGISTRY
     from tests.reliability import chaos_jobs
 
     _REGISTRY[chaos_jobs.NAME] = chaos_jobs.JOB_TYPE

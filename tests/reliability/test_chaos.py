@@ -30,7 +30,7 @@ from results.models import (
     JobAttempt,
     Status,
 )
-from tasks.submit import submit_many
+from tasks.submit.outbox import submit_many
 from tests.conftest import _quiesce, wait_for
 from tests.reliability.conftest import (
     CHAOS_JOBS,
@@ -416,7 +416,7 @@ def test_broker_down_at_submit_every_submission_is_accepted_recorded_and_publish
     with supervised(worker, stack.worker) as crashes:
         # When the broker is down while clients submit (4 at a time) through the API
         private_redis.stop()
-        with producing_to(private_redis.url), quiet("tasks.submit"), ThreadPoolExecutor(4) as pool:
+        with producing_to(private_redis.url), quiet("tasks.submit.outbox"), ThreadPoolExecutor(4) as pool:
             answers = list(pool.map(post, range(CHAOS_JOBS)))  # (one warning with a traceback each)
         # Then every submission was answered 202 with an id, and recorded: queued, never published
         assert {code for code, _, _ in answers} == {202}, answers[:5]

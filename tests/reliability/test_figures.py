@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from results.models import AttemptOutcome, Job, Status
-from tasks.registry import get_job_type
-from tasks.submit import submit
+from tasks.runtime.types import get_job_type
+from tasks.submit.outbox import submit
 from tests.conftest import wait_for
 from tests.reliability.conftest import late_finishes
 

@@ -29,8 +29,8 @@ from results.models import (
     Status,
     Tenant,
 )
-from tasks.dead_letter import message_for_job, poison_message, store
-from tasks.submit import submit
+from tasks.failure.dead_letters import message_for_job, poison_message, store
+from tasks.submit.outbox import submit
 from tests.conftest import wait_for, wait_terminal
 
 CHANGELIST = reverse("admin:results_deadletter_changelist")

@@ -28,8 +28,8 @@ from rest_framework.test import APIClient, APIRequestFactory
 from project.celery import app as celery_app
 from results.api.pagination import JobCursorPagination
 from results.models import AttemptOutcome, Job, Membership, Status, Tenant
-from tasks.registry import job_types
-from tasks.submit import submit
+from tasks.runtime.types import job_types
+from tasks.submit.outbox import submit
 from tests.conftest import wait_for
 
 JOBS = "/api/jobs/"

@@ -1,7 +1,7 @@
 """The dead-letter API over HTTP: list, inspect, replay, resolve and stats, scoped per tenant.
 
 Dead letters for the filter, permission and validation cases are recorded through the real
-store (``tasks.dead_letter.store`` with the message the worker would send); the end-to-end test
+store (``tasks.failure.dead_letters.store`` with the message the worker would send); the end-to-end test
 at the bottom produces one with a real worker, replays it with an edited payload and watches the
 new job succeed.
 """
@@ -32,8 +32,8 @@ from results.models import (
     Status,
     Tenant,
 )
-from tasks.dead_letter import message_for_job, poison_message, store
-from tasks.submit import submit
+from tasks.failure.dead_letters import message_for_job, poison_message, store
+from tasks.submit.outbox import submit
 from tests.conftest import wait_for, wait_terminal
 
 LETTERS = "/api/dead-letters/"

@@ -18,8 +18,8 @@ from django.utils import timezone
 
 from results.management.commands.deadletters import login_name
 from results.models import Alert, DeadLetter, DeadLetterReason, DeadLetterStatus, Job, Status
-from tasks.dead_letter import message_for_job, poison_message, store
-from tasks.submit import submit, validate_payload
+from tasks.failure.dead_letters import message_for_job, poison_message, store
+from tasks.submit.outbox import submit, validate_payload
 from tests.conftest import ROOT, test_database_url, wait_for, wait_terminal
 
 

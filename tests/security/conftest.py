@@ -18,7 +18,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from results.models import Job, Membership, Tenant
-from tasks.submit import submit
+from tasks.submit.outbox import submit
 
 #: A traceback line that only staff may ever see (it names internals).
 SECRET_TRACEBACK = "Traceback (most recent call last):\n  File internals.py: STAFF-ONLY-TRACEBACK"

@@ -290,7 +290,7 @@ def test_a_number_json_cannot_represent_is_refused_on_every_submit_path(alice, n
 
 def failed_webhook_letter(user: Any) -> DeadLetter:
     """An open dead letter of ``user``'s failed webhook job, as the dead-letter path records it."""
-    from tasks.dead_letter import message_for_job, store
+    from tasks.failure.dead_letters import message_for_job, store
 
     job = job_for(user, "webhook.deliver", {"url": "http://x.test/hook"})
     assert Job(pk=job.pk).mark_started(worker="w1@test")

@@ -25,7 +25,7 @@ from django.utils import timezone
 from kombu import Connection, Exchange, Producer, Queue
 
 from results.models import DeadLetter, DeadLetterReason, Job, JobAttempt, Status
-from tasks.submit import submit
+from tasks.submit.outbox import submit
 from tests.conftest import ARTIFACTS, WorkerProcess, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

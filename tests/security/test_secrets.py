@@ -26,8 +26,8 @@ from django.db.models import Q
 from django_celery_results.models import TaskResult
 
 from results.models import DeadLetter, Job, Status
-from tasks.dead_letter import RECORD_TASK
-from tasks.submit import submit
+from tasks.failure.dead_letters import RECORD_TASK
+from tasks.submit.outbox import submit
 from tests.alert_sink import AlertSink
 from tests.conftest import wait_for
 from tests.security.conftest import assert_error_shape, client_for
@@ -192,7 +192,7 @@ def test_a_dead_letter_message_shows_no_payload_in_its_log_and_result_representa
     from unittest import mock
 
     from project.celery import app
-    from tasks.dead_letter import dead_letter_job
+    from tasks.failure.dead_letters import dead_letter_job
 
     job = submit("webhook.deliver", {"url": f"http://127.0.0.1:{closed_port()}/hook?token={SECRET}"})
     assert Job(pk=job.pk).mark_started(worker="w1@test")

@@ -13,7 +13,7 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
 from results.models import CronRun, CronRunStatus
-from tasks.crons import cron
+from tasks.crons.registry import cron
 
 
 def executions_log(name: str) -> Path:

@@ -22,8 +22,8 @@ from results.models import (
     MetricsRollup,
     Status,
 )
-from tasks.cleanup import run_cleanup
-from tasks.submit import _new_job
+from tasks.crons.cleanup import run_cleanup
+from tasks.submit.outbox import _new_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,7 +14,7 @@ import pytest
 from django.utils import timezone
 
 from results.models import CronRun, CronRunStatus, HealthState
-from tasks.schedule import TICK_HEADER
+from tasks.crons.registry import TICK_HEADER
 from tests.conftest import wait_for
 from tests.tasks.cron_support import start_cron_stack, webhooks_with_key
 

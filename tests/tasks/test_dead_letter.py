@@ -11,8 +11,9 @@ import pytest
 from kombu import Connection, Producer
 
 from results.models import Alert, AlertStatus, DeadLetter, DeadLetterReason, DeadLetterStatus, Job, Status
-from tasks.alerting import flush_alerts
-from tasks.dead_letter import DEAD_LETTER_QUEUE, message_for_job, queue_stats, record_dead_letter, replay
+from tasks.failure.alerting import flush_alerts
+from tasks.failure.dead_letters import DEAD_LETTER_QUEUE, message_for_job, queue_stats, record_dead_letter
+from tasks.submit.actions import replay
 from tests.conftest import wait_for, wait_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
@@ -147,7 +148,7 @@ def test_replay_runs_the_job_again_with_an_edited_payload_once(worker):
 
 
 def test_replay_refuses_an_invalid_edited_payload():
-    from tasks.submit import SubmissionError
+    from tasks.submit.outbox import SubmissionError
 
     job = Job.objects.create(type="diagnostics.fail", status=Status.FAILED, terminal_by="2030-01-01T00:00:00Z")
     letter = DeadLetter.objects.create(message_key=str(job.pk), job=job, task_name=job.type, reason="non_retryable")
@@ -201,6 +202,6 @@ def test_queue_stats_report_open_dead_letters_and_the_oldest_age():
 
 
 def submit_fail(payload):
-    from tasks.submit import submit
+    from tasks.submit.outbox import submit
 
     return submit("diagnostics.fail", payload)

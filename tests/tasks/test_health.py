@@ -6,7 +6,8 @@ import pytest
 
 from project.celery import app
 from results.models import Alert, HealthState, QueueCanary
-from tasks.health import Check, canary_queues, record
+from tasks.fleet.probes import known_queues
+from tasks.fleet.readiness import Check, record
 from tests.conftest import wait_for
 from tests.tasks.cron_support import start_cron_stack, webhooks_with_key
 
@@ -72,4 +73,4 @@ def test_a_check_alerts_once_when_it_starts_failing_and_once_when_it_recovers(se
 def test_every_queue_a_worker_must_consume_gets_a_canary(settings):
     settings.TERMINUS_QUEUES = ["default", "slow"]
     settings.TERMINUS_CRON_QUEUE = "crons"
-    assert canary_queues() == ["default", "slow", "dead_letter", "crons"]
+    assert known_queues() == ["default", "slow", "dead_letter", "crons"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from results.models import AttemptOutcome, Job, Status
-from tasks.submit import submit
+from tasks.submit.outbox import submit
 from tests.conftest import wait_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]

@@ -16,8 +16,8 @@ from django.db import connection
 from django.utils import timezone
 
 from results.models import AttemptOutcome, Job, JobAttempt, Status
-from tasks.reaper import Pass, _claim, reap_lost_running, redispatch_lost_queued
-from tasks.submit import _new_job
+from tasks.crons.reaper import Pass, _claim, reap_lost_running, redispatch_lost_queued
+from tasks.submit.outbox import _new_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -7,8 +7,8 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from tasks.errors import PermanentError, TransientError
-from tasks.retry import NEVER_RETRY, RetryPolicy, compute_backoff, no_retry
+from tasks.runtime.errors import PermanentError, TransientError
+from tasks.runtime.retry import NEVER_RETRY, RetryPolicy, compute_backoff, no_retry
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import pytest
 from django.test import Client
 
 from results.models import Job, MetricsRollup, Status
-from tasks.rollup import percentile, rollup_hour, rollup_recent_hours
-from tasks.submit import _new_job
+from tasks.crons.rollup import percentile, rollup_hour, rollup_recent_hours
+from tasks.submit.outbox import _new_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,8 +12,9 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from results.models import Job, Status, Tenant
-from tasks.registry import get_job_type
-from tasks.submit import PayloadTooLarge, SubmissionError, rerun, submit, submit_or_get
+from tasks.runtime.types import get_job_type
+from tasks.submit.actions import rerun
+from tasks.submit.outbox import PayloadTooLarge, SubmissionError, submit, submit_or_get
 from tests.conftest import ROOT, test_database_url, wait_terminal
 
 
@@ -118,7 +119,7 @@ def test_a_submit_while_the_broker_is_down_keeps_the_job_queued_and_undispatched
     # Given a process whose broker is unreachable (a closed port, a real refused connection)
     env = {**os.environ, "DATABASE_URL": test_database_url(), "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}
     code = (
-        "import time; from tasks.submit import submit; t=time.monotonic(); "
+        "import time; from tasks.submit.outbox import submit; t=time.monotonic(); "
         "job = submit('diagnostics.sleep', {'seconds': 0}); print(job.pk, round(time.monotonic()-t, 2))"
     )
     started = time.monotonic()

@@ -18,7 +18,7 @@ from django.db import connections
 from rest_framework.test import APIClient
 
 from results.models import Job, Membership, Tenant
-from tasks.submit import submit
+from tasks.submit.outbox import submit
 
 LONG = 30  # a wait that a test never sits out: an answer before it means "answered on change"
 

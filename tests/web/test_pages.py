@@ -12,8 +12,8 @@ from django.test import Client
 
 from results.models import Membership, Tenant
 from results.web.views import example_payload
-from tasks.registry import job_types
-from tasks.submit import submit
+from tasks.runtime.types import job_types
+from tasks.submit.outbox import submit
 from tests.web.conftest import PASSWORD
 
 

@@ -1,7 +1,7 @@
 """``manage.py deadletters list|replay|resolve|purge``: the dead-letter store from a shell.
 
 Every action takes the same filters and calls the functions the API and the admin use
-(``tasks.dead_letter.replay``, ``resolve``, ``enforce_caps``)::
+(``tasks.failure.dead_letters.replay``, ``resolve``, ``enforce_caps``)::
 
     manage.py deadletters list --type webhook.deliver --older-than 2h          # a table (--json: machine output)
     manage.py deadletters replay --id 42 --payload '{"url": "https://…"}'     # one, with an edited payload
@@ -32,9 +32,10 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from results.models import DeadLetter, DeadLetterReason, DeadLetterStatus
-from tasks.dead_letter import ReplayError, enforce_caps, replay, resolve
-from tasks.registry import get_job_type
-from tasks.submit import SubmissionError, validate_payload
+from tasks.failure.dead_letters import enforce_caps
+from tasks.runtime.types import get_job_type
+from tasks.submit.actions import ReplayError, replay, resolve
+from tasks.submit.outbox import SubmissionError, validate_payload
 
 #: Rows ``list`` prints when no --limit is given.
 DEFAULT_LIST_LIMIT = 100

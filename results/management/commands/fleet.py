@@ -26,8 +26,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
-from project.metrics import broker_queue_depths, fleet_snapshot, known_queues
+from project.celery import app
 from results.models import AttemptOutcome, Job, JobAttempt, Status
+from tasks.fleet.probes import broker_queue_depths, fleet_snapshot, known_queues
 
 DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -379,8 +380,6 @@ class Command(BaseCommand):
         self.emit({"queue": queue, "paused": paused, "waiting": waiting}, lines)
 
     def pause(self, queue: str, workers: list[str]) -> list[str]:
-        from project.celery import app
-
         fleet = self.targets(queue, workers)
         consumers = [name for name, answer in fleet.items() if queue in answer["consuming"]]
         if not consumers:
@@ -394,8 +393,6 @@ class Command(BaseCommand):
         return consumers
 
     def do_resume(self, *, queue: str, worker: list[str], **_: Any) -> None:
-        from project.celery import app
-
         fleet = self.targets(queue, worker)
         replies = app.control.broadcast(
             "terminus_resume_queue",

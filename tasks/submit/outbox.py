@@ -19,9 +19,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from pydantic import ValidationError
 
-from results.models import HookState, Job, Status
-
-from .registry import get_job_type, job_types
+from results.models import HookState, Job
+from tasks.runtime.types import get_job_type, job_types
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -361,32 +360,3 @@ def dispatch(job: Job, *, countdown: float | None = None) -> bool:
     if job.dispatched_at is None:  # the reaper publishing a job the broker refused at submit
         Job(pk=job.pk).mark_dispatched()
     return True
-
-
-def cancel(job: Job, *, reason: str = "cancelled by request") -> bool:
-    """Cancel a job that is not terminal; the worker stops it at its next heartbeat or claim."""
-    if not Job(pk=job.pk).mark_cancelled(reason=reason):
-        return False
-    job_type = get_job_type(job.type)
-    try:
-        if job_type is not None:
-            job_type.task.app.control.revoke(str(job.pk))
-    except Exception:
-        logger.info("revoke for job %s not broadcast", job.pk, exc_info=True)
-    return True
-
-
-def rerun(job: Job, *, owner: AbstractBaseUser | None = None) -> Job:
-    """Run a failed or cancelled job again as a new job linked to the original."""
-    if job.status not in (Status.FAILED, Status.CANCELLED):
-        raise SubmissionError({"status": [f"only failed or cancelled jobs can be retried; this one is {job.status}"]})
-    return submit(
-        job.type,
-        job.payload,
-        owner=owner or job.owner,
-        tenant=job.tenant,
-        queue=job.queue,
-        correlation_id=job.correlation_id,
-        retry_of=job,
-        idempotency_key=f"rerun-of-{job.pk}",  # a double-clicked retry returns the first rerun
-    )

@@ -4,7 +4,7 @@
 Each send runs through ``run_cron``:
 
 1. **Exactly once per tick.** The run is a ``CronRun`` row, unique per (cron, tick); the tick is the
-   schedule slot beat stamped on the message (tasks/schedule.py). A second send of the same tick
+   schedule slot beat stamped on the message (tasks/crons/beat.py). A second send of the same tick
    (a second beat, a redelivery) fails to insert, bumps ``duplicates`` and does nothing else.
 2. **No stacking.** If an earlier tick of the same cron is still running, this tick is recorded as
    ``skipped`` (and so counted) instead of running alongside it.
@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,19 +35,42 @@ from django.db.models import F
 from django.utils import timezone
 
 from results.models import CronRun, CronRunStatus, HealthState
-
-from .durable import durable
-from .notify import ops_alert
-from .schedule import SCHEDULE, TICK_HEADER, Entry, slot_of
+from tasks.failure.ops_alerts import ops_alert
+from tasks.runtime.durable import durable
+from tasks.runtime.errors import describe_error
 
 logger = logging.getLogger(__name__)
 
+#: The message header carrying the slot (epoch seconds) a beat sent a cron for.
+TICK_HEADER = "terminus_tick"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cron: its name (the lock key), its Celery task, how often, and how long it may run."""
+
+    name: str
+    task: str
+    every: str | float  # a setting holding seconds, or seconds
+    time_limit: int  # hard limit, seconds; a run older than this plus a grace is presumed dead
+    what: str
+
+    @property
+    def seconds(self) -> float:
+        value = getattr(settings, self.every) if isinstance(self.every, str) else self.every
+        return float(value)
+
+
+def slot_of(epoch: float, step: float) -> float:
+    """The start (epoch seconds) of the ``step``-long slot containing ``epoch``."""
+    return math.floor(epoch / step) * step
+
+
 _CRONS: dict[str, Entry] = {}
-_BUILTIN = {entry.name: entry for entry in SCHEDULE}
 
 
 def registered() -> dict[str, Entry]:
-    """The crons registered so far (tasks.schedule.load() imports every cron module first)."""
+    """The crons registered so far (tasks.crons.beat.load() imports every cron module first)."""
     return dict(_CRONS)
 
 
@@ -71,8 +96,6 @@ class CronTask(DjangoTask):
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
         """The run died outside its own error handling (a hard time limit): record it as failed."""
-        from .base import describe_error
-
         entry = self.cron_entry
         if entry is None:
             return
@@ -83,20 +106,18 @@ class CronTask(DjangoTask):
 
 
 def cron(
-    name: str, *, every: str | float | None = None, time_limit: int | None = None, what: str = ""
+    name: str, *, every: str | float, time_limit: int = 300, what: str = ""
 ) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
     """Register ``fn()`` as cron ``name``: a task ``terminus.cron.<name>`` that beat sends ``every`` seconds.
 
-    Built-in crons take their interval and time limit from tasks/schedule.py; others pass
-    ``every`` (seconds, or the name of a setting holding seconds) and ``time_limit``. ``fn`` returns
+    ``every`` is seconds, or the name of a setting holding seconds (so that it can be re-timed by
+    environment); ``time_limit`` is the run's hard limit; ``what`` is the line the docs and the
+    admin show. This declaration is the whole cron: beat's schedule (tasks.crons.beat), the admin's
+    schedule table and the docs' table are all derived from the registry it writes. ``fn`` returns
     a JSON-able summary (counts), stored on the run. The function is returned unchanged, so it can
     still be called directly (without lock or record); its task is ``fn.cron_task``.
     """
-    entry = _BUILTIN.get(name)
-    if entry is None:
-        if every is None:
-            raise ValueError(f"cron {name!r} is not in tasks/schedule.py: pass every=")
-        entry = Entry(name, f"terminus.cron.{name}", every, time_limit or 300, what)
+    entry = Entry(name, f"terminus.cron.{name}", every, time_limit, what or "")
 
     def decorator(fn: Callable[[], Any]) -> Callable[[], Any]:
         if name in _CRONS:
@@ -143,8 +164,6 @@ def run_cron(task: CronTask, entry: Entry, fn: Callable[[], Any]) -> dict[str, A
     try:
         result = _jsonable(fn())
     except Exception as exc:
-        from .base import describe_error
-
         error_type, message = describe_error(exc)
         logger.exception("cron %s failed at tick %s", entry.name, tick)
         trace = traceback.format_exc()[-20_000:]
@@ -234,10 +253,13 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-# -- the alert flush, as a cron -------------------------------------------------------------------
-@cron("alerts")
-def flush_alerts() -> dict[str, int]:
-    """Send throttled alert summaries and resend alerts a channel refused (terminus.alerts.flush)."""
-    from .alerting import flush_alerts as flush
-
-    return flush()
+def markdown_table(entries: dict[str, Entry]) -> str:
+    """The crons as the docs' table (docs/operations.md holds it; tests/docs keep the two equal)."""
+    lines = [
+        "| cron | task | every (setting or seconds) | time limit | what |",
+        "|---|---|---|---|---|",
+    ]
+    for entry in entries.values():
+        every = f"`{entry.every}`" if isinstance(entry.every, str) else f"{entry.every:g} s"
+        lines.append(f"| {entry.name} | `{entry.task}` | {every} | {entry.time_limit} s | {entry.what} |")
+    return "\n".join(lines) + "\n"

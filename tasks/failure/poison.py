@@ -4,7 +4,7 @@ Celery logs and drops them (on Redis a reject deletes the message). The worker's
 first turns each into a dead letter, so a human sees it. On RabbitMQ the ones Celery rejects (an
 unknown task, a body that is not a task) also reach the broker's dead-letter exchange, whose queue
 ``dead_letter.raw`` is drained into the same records (one row per message, however it arrives) by
-tasks.dlx; an undecodable one Celery acknowledges, so only this consumer's record keeps it.
+tasks.failure.dlx; an undecodable one Celery acknowledges, so only this consumer's record keeps it.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from kombu.exceptions import ContentDisallowed
 from vine import promise as _promise
 
 from results.models import DeadLetterReason
-
-from .dead_letter import DEAD_LETTER_QUEUE, poison_message, record_dead_letter, record_repr, store
+from tasks.failure.dead_letters import DEAD_LETTER_QUEUE, poison_message, record_dead_letter, record_repr, store
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +72,11 @@ def _is_task_body(body: Any) -> bool:
 
 class TerminusConsumer(Consumer):
     """Celery's consumer, recording poison messages as dead letters before rejecting them."""
+
+    class Blueprint(Consumer.Blueprint):
+        """Celery's consumer steps, plus the drain of RabbitMQ's dead-letter exchange (tasks.failure.dlx)."""
+
+        default_steps = [*Consumer.Blueprint.default_steps, "tasks.failure.dlx:DeadLetterExchangeDrain"]
 
     def create_task_handler(self, promise: Any = _promise) -> Any:
         """Celery's handler; a message it would crash on (kombu trusts application/data and

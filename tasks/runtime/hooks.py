@@ -20,9 +20,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from results.models import Job
-
-from .notify import ops_alert
-from .registry import get_job_type
+from tasks.failure.ops_alerts import ops_alert
+from tasks.runtime.types import get_job_type
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """RabbitMQ's dead-letter exchange, drained into dead-letter records.
 
-Imported by the Celery app before Django is set up, so everything Django is imported lazily.
+A consumer step of the worker's consumer (tasks.failure.poison.TerminusConsumer's blueprint): on
+RabbitMQ, a worker that consumes ``dead_letter`` also drains the broker's dead-letter queue.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from celery import bootsteps
 from kombu import Consumer as KombuConsumer
 from kombu import Queue
 
-DEAD_LETTER_QUEUE = "dead_letter"
+from results.models import DeadLetterReason
+from tasks.failure.dead_letters import DEAD_LETTER_QUEUE, poison_message, store
+
 RAW_QUEUE = "dead_letter.raw"
+AMQP_SCHEMES = ("amqp", "pyamqp")
 
 
 class DeadLetterExchangeDrain(bootsteps.ConsumerStep):
@@ -20,6 +24,8 @@ class DeadLetterExchangeDrain(bootsteps.ConsumerStep):
 
     def get_consumers(self, channel: Any) -> list[KombuConsumer]:
         app = self.app if hasattr(self, "app") else None
+        if app is None or not str(app.conf.broker_url or "").startswith(AMQP_SCHEMES):
+            return []
         consume_from = getattr(getattr(getattr(app, "amqp", None), "queues", None), "consume_from", {}) or {}
         if DEAD_LETTER_QUEUE not in consume_from:
             return []
@@ -32,9 +38,6 @@ class DeadLetterExchangeDrain(bootsteps.ConsumerStep):
 
     def on_message(self, message: Any) -> None:
         """Record the raw message (never deserialized: it may be pickle), then ack it."""
-        from results.models import DeadLetterReason
-        from tasks.dead_letter import poison_message, store
-
         headers = dict(message.headers or {})
         death = (headers.get("x-death") or [{}])[0]
         record = poison_message(

@@ -8,45 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from celery import shared_task
 from django.conf import settings
 from pydantic import BaseModel
 
-from .base import TrackedTask
-from .retry import RetryPolicy
-
-
-@dataclass(frozen=True)
-class JobType:
-    name: str
-    input: type[BaseModel]
-    retry: RetryPolicy
-    queue: str
-    time_limit: int
-    soft_time_limit: int
-    description: str
-    task: TrackedTask
-    #: Runs after every terminal transition of a job of this type, at least once (tasks.hooks).
-    on_terminal: Callable[[Any], Any] | None = None
-
-    def deadline_budget(self, countdown: float = 0) -> float:
-        """Seconds a job of this type may take, from submit to terminal, before it is overdue."""
-        attempts = self.retry.max_retries + 1
-        return countdown + settings.TERMINUS_QUEUE_TIMEOUT + attempts * self.time_limit + self.retry.worst_case_wait()
-
-
-_REGISTRY: dict[str, JobType] = {}
-
-
-def get_job_type(name: str) -> JobType | None:
-    return _REGISTRY.get(name)
-
-
-def job_types() -> dict[str, JobType]:
-    return dict(sorted(_REGISTRY.items()))
+from tasks.runtime.base import TrackedTask
+from tasks.runtime.retry import RetryPolicy
+from tasks.runtime.types import JobType, get_job_type, register
 
 
 def job(
@@ -62,7 +32,7 @@ def job(
     """Register ``fn(task, data)`` as job type ``name``; ``data`` is the validated ``input``.
 
     ``on_terminal(job)`` runs after every terminal transition (succeeded, failed, cancelled), including
-    the reaper's after a worker vanished: at least once, so it must be idempotent (tasks.hooks).
+    the reaper's after a worker vanished: at least once, so it must be idempotent (tasks.runtime.hooks).
     """
     policy = retry or RetryPolicy()
     # TERMINUS_MAX_TIME_LIMIT caps every job type: the Redis visibility timeout is derived from
@@ -74,7 +44,7 @@ def job(
         raise ValueError(f"{name}: soft_time_limit must be below time_limit")
 
     def decorator(fn: Callable[..., Any]) -> TrackedTask:
-        if name in _REGISTRY:
+        if get_job_type(name) is not None:
             raise ValueError(f"job type {name!r} is registered twice")
 
         def run(self: TrackedTask, **payload: Any) -> Any:
@@ -99,16 +69,18 @@ def job(
             job_retry_policy=policy,
             **policy.task_options(),
         )(run)
-        _REGISTRY[name] = JobType(
-            name=name,
-            input=input,
-            retry=policy,
-            queue=queue,
-            time_limit=hard,
-            soft_time_limit=soft,
-            description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
-            task=task,
-            on_terminal=on_terminal,
+        register(
+            JobType(
+                name=name,
+                input=input,
+                retry=policy,
+                queue=queue,
+                time_limit=hard,
+                soft_time_limit=soft,
+                description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
+                task=task,
+                on_terminal=on_terminal,
+            )
         )
         return task
 

@@ -1,6 +1,6 @@
 """The reaper: no job stays non-terminal forever, even when its message or its worker is lost.
 
-Every minute (tasks/schedule.py) it drives each stuck job one step, each decision one guarded
+Every minute (tasks/crons/beat.py) it drives each stuck job one step, each decision one guarded
 UPDATE (on the status, and on the version it read), so two reapers, or a reaper racing a late
 worker, never both win:
 
@@ -34,13 +34,12 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from results.models import TERMINAL_STATUSES, DeadLetterReason, HookState, Job, QueueCanary, Status
-
-from .crons import close_stale_runs, cron
-from .dead_letter import dead_letter_job, reason_for
-from .hooks import run_terminal_hook
-from .registry import get_job_type, job_types
-from .submit import dispatch
-from .submit import publish as publish_job
+from tasks.crons.registry import close_stale_runs, cron
+from tasks.failure.dead_letters import dead_letter_job, reason_for
+from tasks.runtime.hooks import run_terminal_hook
+from tasks.runtime.types import get_job_type, job_types
+from tasks.submit.outbox import dispatch
+from tasks.submit.outbox import publish as publish_job
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +83,12 @@ class Pass:
         return False
 
 
-@cron("reaper")
+@cron(
+    "reaper",
+    every="TERMINUS_REAPER_INTERVAL",
+    time_limit=120,
+    what="Drive stuck and lost jobs to a terminal state; republish dead letters; run pending on_terminal hooks.",
+)
 def reap() -> dict[str, int]:
     """One pass over every way a job can get stuck; counts what it did."""
     this = Pass()
@@ -176,7 +180,7 @@ def reap_lost_running(this: Pass) -> dict[str, int]:
 def redispatch_overdue_retries(this: Pass) -> int:
     """Retrying jobs whose next attempt is TERMINUS_REAPER_RETRY_AFTER overdue are published again.
 
-    On a queue with canaries (tasks/health.py), only once it consumed a canary sent after the retry
+    On a queue with canaries (tasks/crons/health.py), only once it consumed a canary sent after the retry
     was due (``next_retry_at``, also when the reaper last published it): until then its message may
     just be waiting in a backlog, and a second copy would run alongside it.
     """
@@ -225,7 +229,7 @@ def dispatch_undispatched(this: Pass) -> int:
 def redispatch_lost_queued(this: Pass) -> int:
     """Queued jobs published long ago that never started, though their queue has moved past them.
 
-    "Moved past" is what the canaries prove (tasks/health.py): the queue consumed a canary published
+    "Moved past" is what the canaries prove (tasks/crons/health.py): the queue consumed a canary published
     after the job was due and after its message was last published (``dispatched_at``, which a
     re-dispatch moves), so in a FIFO queue the job's message is gone (a Redis restart without
     persistence, a purge). A queue in a backlog, or with no consumer at all, has consumed no such

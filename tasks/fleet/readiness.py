@@ -1,4 +1,4 @@
-"""Readiness checks, queue canaries and the health cron.
+"""Readiness checks: can the system do its job right now? Behind ``/readyz`` and the health cron.
 
 The checks (each answers within a few seconds, even with the broker down):
 
@@ -18,9 +18,7 @@ then sends a canary through every queue. Both record each verdict in ``HealthSta
 guarded UPDATE, so a check that starts failing alerts once (and once more when it recovers),
 however many probes and ticks see it.
 
-A canary is a tiny Celery task published to one queue; the worker that consumes it records the
-time. A worker can stay alive and answer pings while it has silently stopped consuming (after a
-broker reconnect: celery#8030 and friends): its queue's canary then waits, and the check says so.
+The canaries check reads what tasks.fleet.canaries records.
 """
 
 from __future__ import annotations
@@ -33,24 +31,19 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from celery import shared_task
+from celery.beat import beat_nodename
 from django.conf import settings
 from django.db import connection
-from django.db.models import Q
-from django.db.models.functions import Now
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
+from project.celery import app
 from results.models import CronRun, HealthState, Job, QueueCanary
-
-from .crons import cron
-from .dead_letter import DEAD_LETTER_QUEUE, queue_stats
-from .notify import ops_alert
+from tasks.failure.dead_letters import queue_stats
+from tasks.failure.ops_alerts import ops_alert
+from tasks.fleet.probes import known_queues
 
 logger = logging.getLogger(__name__)
 
-#: The canary task (wire protocol: never rename).
-CANARY_TASK = "terminus.health.canary"
 CHECKS = ("database", "broker", "workers", "beat", "dead_letters", "canaries", "deadlines")
 #: Checks that read the database (reported as not run when the database is down).
 DATABASE_CHECKS = frozenset({"beat", "dead_letters", "canaries", "deadlines"})
@@ -75,8 +68,6 @@ def check_database() -> Check:
 
 
 def check_broker() -> Check:
-    from project.celery import app
-
     url = app.conf.broker_url
     if url.startswith("filesystem"):
         folder = Path(app.conf.broker_transport_options["data_folder_in"])
@@ -96,10 +87,6 @@ def _writable(folder: Path) -> bool:
 
 
 def check_workers() -> Check:
-    from celery.beat import beat_nodename
-
-    from project.celery import app
-
     replies = app.control.ping(timeout=settings.TERMINUS_READY_PING_TIMEOUT) or []
     beat_prefix = beat_nodename("").split("@")[0] + "@"
     workers = sorted(node for reply in replies for node in reply if not node.startswith(beat_prefix))
@@ -140,10 +127,10 @@ def check_dead_letters() -> Check:
 def check_canaries() -> Check:
     now = timezone.now()
     bound = timedelta(seconds=settings.TERMINUS_CANARY_TIMEOUT)
-    rows = {row.queue: row for row in QueueCanary.objects.filter(queue__in=canary_queues())}
+    rows = {row.queue: row for row in QueueCanary.objects.filter(queue__in=known_queues())}
     queues: dict[str, Any] = {}
     stuck = []
-    for queue in canary_queues():
+    for queue in known_queues():
         row = rows.get(queue)
         if row is None or row.last_sent_at is None:
             queues[queue] = "no canary sent yet"
@@ -242,56 +229,3 @@ def record(check: Check, *, background: bool = False) -> str | None:
             background=background,
         )
     return change
-
-
-# -- canaries -------------------------------------------------------------------------------------
-def canary_queues() -> list[str]:
-    """Every queue a worker should consume: the job queues, the dead-letter queue, the cron queue."""
-    return list(dict.fromkeys([*settings.TERMINUS_QUEUES, DEAD_LETTER_QUEUE, settings.TERMINUS_CRON_QUEUE]))
-
-
-@shared_task(name=CANARY_TASK, ignore_result=True)
-def canary(queue: str, sent_at: str) -> None:
-    """Consumed from ``queue``: the queue is being consumed (and everything sent before ``sent_at``)."""
-    sent = parse_datetime(sent_at)
-    rows = QueueCanary.objects.filter(queue=queue)
-    rows.update(last_consumed_at=Now(), waiting_since=None)
-    rows.filter(Q(last_consumed_sent_at__isnull=True) | Q(last_consumed_sent_at__lt=sent)).update(
-        last_consumed_sent_at=sent
-    )
-
-
-def send_canaries() -> int:
-    """Send a canary to each queue whose last one was consumed, or has waited past the bound.
-
-    At most one canary per queue is outstanding per TERMINUS_CANARY_TIMEOUT, so a queue nobody
-    consumes collects a handful, not one per tick; a canary lost with its message is replaced.
-    """
-    sent = 0
-    timeout = timedelta(seconds=settings.TERMINUS_CANARY_TIMEOUT)
-    for queue in canary_queues():
-        row, _ = QueueCanary.objects.get_or_create(queue=queue)
-        now = timezone.now()
-        mine = QueueCanary.objects.filter(pk=row.pk)
-        if row.waiting_since is None:
-            claimed = mine.filter(waiting_since__isnull=True).update(waiting_since=now, last_sent_at=now)
-        elif row.last_sent_at is None or row.last_sent_at < now - timeout:
-            claimed = mine.filter(last_sent_at=row.last_sent_at).update(last_sent_at=now)
-        else:
-            continue
-        if not claimed:
-            continue
-        try:
-            canary.apply_async(kwargs={"queue": queue, "sent_at": now.isoformat()}, queue=queue, expires=24 * 3600)
-        except Exception:
-            logger.warning("canary for queue %s not sent (broker unavailable)", queue, exc_info=True)
-            break
-        sent += 1
-    return sent
-
-
-@cron("health")
-def health() -> dict[str, Any]:
-    """Run every readiness check (alerting on changes), then send the next round of canaries."""
-    report = readiness()
-    return {"failing": report["failing"], "canaries_sent": send_canaries()}

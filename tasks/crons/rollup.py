@@ -26,13 +26,17 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from results.models import TERMINAL_STATUSES, Job, MetricsRollup, Status
-
-from .crons import cron
+from tasks.crons.registry import cron
 
 TERMINAL = sorted(TERMINAL_STATUSES)
 
 
-@cron("rollup")
+@cron(
+    "rollup",
+    every="TERMINUS_ROLLUP_INTERVAL",
+    time_limit=900,
+    what="Roll up the last complete hours: counts, p50/p95 durations and failure rate per job type.",
+)
 def rollup_recent_hours() -> dict[str, Any]:
     """Roll up the last TERMINUS_ROLLUP_HOURS complete hours."""
     end = hour_start(timezone.now())

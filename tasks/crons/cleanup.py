@@ -10,7 +10,7 @@ after TERMINUS_CLEANUP_MAX_SECONDS and says so (``complete: false``); the next r
 | succeeded / failed / cancelled jobs    | TERMINUS_RETENTION_{SUCCEEDED,FAILED,CANCELLED}_DAYS (7 / 30 / 7) |
 | their attempts, their task results     | with the job                            |
 | other django-celery-results rows       | TERMINUS_RETENTION_TASK_RESULTS_DAYS (7) |
-| replayed / resolved dead letters       | TERMINUS_DEAD_LETTER_MAX_AGE_DAYS (tasks.dead_letter.enforce_caps) |
+| replayed / resolved dead letters       | TERMINUS_DEAD_LETTER_MAX_AGE_DAYS (tasks.failure.dead_letters.enforce_caps) |
 | cron runs, sent alerts                 | TERMINUS_RETENTION_CRON_RUNS_DAYS (14), TERMINUS_RETENTION_ALERTS_DAYS (30) |
 | metrics rollups                        | TERMINUS_RETENTION_ROLLUPS_DAYS (400)   |
 
@@ -52,9 +52,8 @@ from django_celery_results.models import GroupResult, TaskResult
 
 from results.models import Alert, AlertStatus, CronRun, CronRunStatus, DeadLetterStatus, HookState, Job, MetricsRollup
 from results.models import Status as JobStatus
-
-from .crons import cron
-from .dead_letter import enforce_caps
+from tasks.crons.registry import cron
+from tasks.failure.dead_letters import enforce_caps
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +77,12 @@ ASYNC_COMMIT = True
 JOB_TASK_RESULTS = Linked(TaskResult, "task_id")
 
 
-@cron("cleanup")
+@cron(
+    "cleanup",
+    every="TERMINUS_CLEANUP_INTERVAL",
+    time_limit=3600,
+    what="Delete terminal jobs, task results, closed dead letters and cron runs past their retention.",
+)
 def cleanup() -> dict[str, Any]:
     """Delete everything past its retention, in batches; counts per kind of row."""
     return run_cleanup()

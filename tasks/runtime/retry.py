@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from pydantic import ValidationError
 
-from .errors import PermanentError, TransientError
+from tasks.runtime.errors import PermanentError, TransientError
 
 #: Errors that mean "the code or the input is wrong": retrying them only burns the budget.
 NEVER_RETRY: tuple[type[BaseException], ...] = (

@@ -11,7 +11,7 @@ import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+import sentry_sdk
 from celery.contrib.django.task import DjangoTask
 from celery.exceptions import Ignore, Reject, Retry
 from celery.signals import task_failure, task_revoked
@@ -19,31 +19,20 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
-import project.metrics  # noqa: F401  (worker side: attempt metrics and the fleet control commands)
 from project.logging import bind_job
 from project.sentry import TRACKED_TAG
 from results.models import DeadLetterReason, Job
-
-from .dead_letter import dead_letter_job, reason_for
-from .durable import durable
-from .errors import JobCancelled
+from tasks.failure.dead_letters import dead_letter_job, reason_for
+from tasks.runtime.durable import durable
+from tasks.runtime.errors import JobCancelled, describe_error
+from tasks.runtime.hooks import run_terminal_hook
 
 if TYPE_CHECKING:
     from billiard.einfo import ExceptionInfo
 
-    from .retry import RetryPolicy
+    from tasks.runtime.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
-
-
-def describe_error(exc: BaseException) -> tuple[str, str]:
-    """(error_type, error_message) as stored on the record and shown to clients."""
-    if isinstance(exc, TimeLimitExceeded):
-        limit = exc.args[0] if exc.args else "?"
-        return "TimeLimitExceeded", f"hard time limit ({limit}s) exceeded: the worker killed the attempt"
-    if isinstance(exc, SoftTimeLimitExceeded):
-        return "SoftTimeLimitExceeded", "soft time limit exceeded: the attempt was interrupted"
-    return type(exc).__name__, (str(exc) or repr(exc))[:10_000]
 
 
 class TrackedTask(DjangoTask):
@@ -87,8 +76,6 @@ class TrackedTask(DjangoTask):
         self.request.terminus_attempt = claim.attempt
         bind_job(attempt=claim.attempt, correlation_id=claim.correlation_id)
         if settings.SENTRY_DSN:
-            import sentry_sdk
-
             sentry_sdk.set_tag(TRACKED_TAG, "1")  # its failures reach Sentry through the dead letter
         if claim.lost_deliveries >= settings.TERMINUS_MAX_LOST_DELIVERIES:
             won = job.mark_failed(
@@ -153,10 +140,8 @@ class TrackedTask(DjangoTask):
         """The job type's on_terminal hook, right after this worker's terminal transition.
 
         It never changes the job's state; if it raises, or this process dies first, the reaper runs
-        it again (tasks.hooks).
+        it again (tasks.runtime.hooks).
         """
-        from .hooks import run_terminal_hook  # tasks.hooks imports the registry, which imports this module
-
         try:
             run_terminal_hook(task_id, type_name=self.name)
         except Exception:  # the record is already terminal; the reaper retries the hook

@@ -1,6 +1,6 @@
 """Operational alerts (a failing cron, a health check that flips, a hook that keeps failing).
 
-They travel the same channels as dead-letter alerts (tasks/alerting.py: the log, Sentry, the
+They travel the same channels as dead-letter alerts (tasks/failure/alerting.py: the log, Sentry, the
 webhook and mail), recorded as ``Alert`` rows before sending, so ``terminus.alerts.flush`` resends
 what a channel refused. Callers alert on *transitions* (see ``HealthState.record``), never on every
 tick, so one outage is one alert and one recovery.
@@ -15,8 +15,7 @@ from django.conf import settings
 from django.db import connection
 
 from results.models import Alert
-
-from .alerting import AlertError, channels, deliver
+from tasks.failure.alerting import AlertError, channels, deliver
 
 logger = logging.getLogger("terminus.alerts")
 

@@ -24,6 +24,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from results.models import AttemptOutcome, DeadLetter, DeadLetterReason, DeadLetterStatus, Job, Status
+from tasks.failure.alerting import alert_dead_letter
 
 logger = logging.getLogger(__name__)
 
@@ -205,8 +206,6 @@ def store(message: dict[str, Any]) -> tuple[DeadLetter, bool]:
 )
 def record_dead_letter(self: Any, **message: Any) -> dict[str, Any]:
     """Persist first, alert second: a failing alert channel retries, the dead letter is never lost."""
-    from tasks.alerting import alert_dead_letter
-
     dead_letter, created = store(message)
     if not created:
         logger.info("dead letter %s delivered again; not recorded twice", dead_letter.message_key)
@@ -214,49 +213,7 @@ def record_dead_letter(self: Any, **message: Any) -> dict[str, Any]:
     return {"dead_letter": dead_letter.pk, "created": created}
 
 
-# -- replay, resolve, purge ---------------------------------------------------------------------
-class ReplayError(Exception):
-    """The dead letter cannot be replayed (no job type to run, or not open)."""
-
-
-def replay(dead_letter: DeadLetter, *, payload: dict[str, Any] | None = None, owner: Any = None) -> tuple[Job, bool]:
-    """Run a dead letter again as a new job with a fresh retry budget, linked to the original.
-
-    Returns (job, created): replaying twice returns the first replay's job instead of a second run.
-    ``payload`` (optional) replaces the original input and is validated like a new submission.
-    """
-    from tasks.registry import get_job_type
-    from tasks.submit import submit
-
-    with transaction.atomic():
-        locked = DeadLetter.objects.select_for_update().get(pk=dead_letter.pk)
-        if locked.status == DeadLetterStatus.REPLAYED and locked.replay_job is not None:
-            return locked.replay_job, False
-        if locked.status != DeadLetterStatus.OPEN:
-            raise ReplayError(f"dead letter {locked.pk} is {locked.status}; only open dead letters can be replayed")
-        original = locked.job
-        type_name = original.type if original else locked.task_name
-        if get_job_type(type_name) is None:
-            raise ReplayError(f"dead letter {locked.pk} names no known job type ({type_name or 'none'}); resolve it")
-        if payload is None:
-            payload = original.payload if original else ((locked.body or {}).get("kwargs") or {})
-        job = submit(
-            type_name,
-            payload,
-            owner=owner if owner is not None else (original.owner if original else None),
-            tenant=original.tenant if original else None,
-            queue=original.queue if original else None,
-            correlation_id=original.correlation_id if original else None,
-            retry_of=original,
-        )
-        locked.mark_replayed(job)
-    return job, True
-
-
-def resolve(dead_letter: DeadLetter, *, by: str = "") -> bool:
-    return dead_letter.mark_resolved(by=by)
-
-
+# -- monitoring and caps ------------------------------------------------------------------------
 def queue_stats() -> dict[str, Any]:
     """DLQ monitoring: open dead letters and the age of the oldest (seconds)."""
     open_letters = DeadLetter.objects.filter(status=DeadLetterStatus.OPEN)

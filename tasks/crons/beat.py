@@ -1,93 +1,30 @@
-"""The beat schedule: every cron Terminus runs, declared here, with its interval from settings.
+"""Beat's schedule, derived from the cron registry: one aligned entry per ``@cron``.
 
-| cron    | task                  | every (setting, default)           | what                                 |
-|---------|-----------------------|------------------------------------|--------------------------------------|
-| reaper  | terminus.cron.reaper  | TERMINUS_REAPER_INTERVAL, 60 s     | drive stuck and lost jobs to an end  |
-| health  | terminus.cron.health  | TERMINUS_HEALTH_INTERVAL, 120 s    | readiness checks, canaries, alerts   |
-| alerts  | terminus.cron.alerts  | TERMINUS_ALERT_FLUSH_INTERVAL, 60 s| throttled alert summaries, resends   |
-| rollup  | terminus.cron.rollup  | TERMINUS_ROLLUP_INTERVAL, 3600 s   | hourly metrics per job type, status  |
-| cleanup | terminus.cron.cleanup | TERMINUS_CLEANUP_INTERVAL, 86400 s | retention: delete expired rows       |
-
-Modules listed in ``TERMINUS_CRON_MODULES`` may add crons of their own with ``tasks.crons.cron``.
+A built-in cron is one ``@cron(...)`` function in any module of this package (each is imported by
+``load()``); modules listed in ``TERMINUS_CRON_MODULES`` add crons of their own the same way. The
+table of crons lives in docs/operations.md, rendered from the registry (``markdown_table``).
 
 Intervals are aligned to multiples of themselves since the epoch (the reaper at every whole
 minute, cleanup at 00:00 UTC), so every beat process sends in the same slots; ``Scheduler`` stamps
-each message with its slot, and the cron runner (tasks/crons.py) turns that into a lock: one run
-per (cron, slot), however many beats sent it. ``expires`` drops a send that waited a whole
+each message with its slot, and the cron runner (tasks/crons/registry.py) turns that into a lock:
+one run per (cron, slot), however many beats sent it. ``expires`` drops a send that waited a whole
 interval in a backlog instead of stacking it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import pkgutil
 from datetime import UTC, datetime, timedelta
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 from celery.beat import PersistentScheduler, ScheduleEntry
 from celery.schedules import schedstate, schedule
 from django.conf import settings
 
-#: The message header carrying the slot (epoch seconds) a beat sent a cron for.
-TICK_HEADER = "terminus_tick"
-#: Modules whose import registers the built-in crons.
-BUILTIN_CRON_MODULES = ("tasks.crons", "tasks.reaper", "tasks.health", "tasks.rollup", "tasks.cleanup")
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One cron: its name (the lock key), its Celery task, how often, and how long it may run."""
-
-    name: str
-    task: str
-    every: str | float  # a setting holding seconds, or seconds
-    time_limit: int  # hard limit, seconds; a run older than this plus a grace is presumed dead
-    what: str
-
-    @property
-    def seconds(self) -> float:
-        value = getattr(settings, self.every) if isinstance(self.every, str) else self.every
-        return float(value)
-
-
-SCHEDULE: tuple[Entry, ...] = (
-    Entry(
-        "reaper",
-        "terminus.cron.reaper",
-        "TERMINUS_REAPER_INTERVAL",
-        120,
-        "Drive stuck and lost jobs to a terminal state; republish dead letters; run pending on_terminal hooks.",
-    ),
-    Entry(
-        "health",
-        "terminus.cron.health",
-        "TERMINUS_HEALTH_INTERVAL",
-        60,
-        "Run the readiness checks, alert on each change, send a canary through every queue.",
-    ),
-    Entry(
-        "alerts",
-        "terminus.cron.alerts",
-        "TERMINUS_ALERT_FLUSH_INTERVAL",
-        60,
-        "Send throttled alert summaries and retry alerts a channel refused.",
-    ),
-    Entry(
-        "rollup",
-        "terminus.cron.rollup",
-        "TERMINUS_ROLLUP_INTERVAL",
-        900,
-        "Roll up the last complete hours: counts, p50/p95 durations and failure rate per job type.",
-    ),
-    Entry(
-        "cleanup",
-        "terminus.cron.cleanup",
-        "TERMINUS_CLEANUP_INTERVAL",
-        3600,
-        "Delete terminal jobs, task results, closed dead letters and cron runs past their retention.",
-    ),
-)
+from tasks.crons.registry import TICK_HEADER, Entry, registered, slot_of
 
 
 class aligned(schedule):  # lower case, like Celery's own schedule and crontab
@@ -113,17 +50,17 @@ class aligned(schedule):  # lower case, like Celery's own schedule and crontab
         return f"<aligned: every {self.human_seconds}>"
 
 
-def slot_of(epoch: float, step: float) -> float:
-    """The start (epoch seconds) of the ``step``-long slot containing ``epoch``."""
-    return math.floor(epoch / step) * step
+def builtin_cron_modules() -> list[str]:
+    """Every module of this package but the machinery: a built-in cron is one ``@cron`` function in one of them."""
+    machinery = {"beat", "registry"}
+    modules = pkgutil.iter_modules([str(Path(__file__).parent)])
+    return [f"{__package__}.{module.name}" for module in modules if module.name not in machinery]
 
 
 def load() -> dict[str, Entry]:
     """Every cron, built-in and from TERMINUS_CRON_MODULES, by name (importing registers them)."""
-    for module in (*BUILTIN_CRON_MODULES, *settings.TERMINUS_CRON_MODULES):
+    for module in (*builtin_cron_modules(), *settings.TERMINUS_CRON_MODULES):
         import_module(module)
-    from tasks.crons import registered
-
     return registered()
 
 
@@ -150,7 +87,7 @@ class Scheduler(PersistentScheduler):
 
     The slot is read on beat's clock at send time, so two beats (even on hosts whose clocks differ
     a little) agree on it; a message without the stamp (another scheduler, a manual send) falls
-    back to the worker's clock in tasks.crons. Another scheduler class (django-celery-beat's)
+    back to the worker's clock in tasks.crons.registry. Another scheduler class (django-celery-beat's)
     needs the same two overrides to use this schedule.
     """
 

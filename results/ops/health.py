@@ -4,6 +4,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from tasks.fleet.readiness import CHECKS, readiness
+
 
 @never_cache
 @require_GET
@@ -20,10 +22,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
     ``?check=database&check=broker`` (or ``?check=database,broker``) runs only those, e.g. for a
     load balancer that should keep sending API traffic while the broker is down (submissions are
-    recorded and published later). Each verdict change alerts once (tasks.health.record).
+    recorded and published later). Each verdict change alerts once (tasks.fleet.readiness.record).
     """
-    from tasks.health import CHECKS, readiness
-
     asked = [name for value in request.GET.getlist("check") for name in value.split(",") if name]
     unknown = sorted(set(asked) - set(CHECKS))
     if unknown:
