@@ -29,7 +29,7 @@ from django.utils.translation import ngettext
 
 from tasks.runtime.types import job_types
 from tasks.submit.actions import cancel, rerun
-from tasks.submit.outbox import SubmissionError
+from tasks.submit.validation import SubmissionError
 
 from .models import Job, Membership, Status, Tenant
 from .querysets import OPEN_STATUSES

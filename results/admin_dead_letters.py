@@ -26,7 +26,7 @@ from django.utils.translation import ngettext
 from tasks.failure.alerting import MailChannel, WebhookChannel
 from tasks.runtime.types import job_types
 from tasks.submit.actions import ReplayError, replay, resolve
-from tasks.submit.outbox import SubmissionError
+from tasks.submit.validation import SubmissionError
 
 from .admin import MAX_ACTION_JOBS, CheapCountPaginator, _job_link, _pre, _pretty_json
 from .models import Alert, AlertWindow, DeadLetter, DeadLetterStatus

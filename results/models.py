@@ -21,7 +21,7 @@ from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from . import fastpath
-from .querysets import JobQuerySet
+from .querysets import DeadLetterQuerySet, JobQuerySet
 
 
 class Tenant(models.Model):
@@ -593,6 +593,8 @@ class DeadLetter(models.Model):
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolved_by = models.CharField(max_length=150, blank=True, default="")
     alerted_at = models.DateTimeField(null=True, blank=True, help_text="When the alerting path took it.")
+
+    objects = DeadLetterQuerySet.as_manager()
 
     class Meta:
         ordering = ("-created_at",)

@@ -1,11 +1,18 @@
-"""Read-side queries on jobs, named for what their callers ask."""
+"""Read-side queries on jobs and dead letters, named for what their callers ask.
+
+The API, the CLI and the admin filter through these, so a filter means the same everywhere.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.db import models
+from django.db.models import Q
 from django.db.models.functions import Now
+from django.utils import timezone
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -61,3 +68,51 @@ class JobQuerySet(models.QuerySet):
     def undispatched(self) -> JobQuerySet:
         """Queued jobs whose message never reached the broker (it was down at submit)."""
         return self.filter(status="queued", dispatched_at__isnull=True)
+
+
+class DeadLetterQuerySet(models.QuerySet):
+    def visible_to(self, user: AbstractBaseUser | AnonymousUser) -> DeadLetterQuerySet:
+        """Everything (poison messages included) for ``sees_every_tenant``; else the dead letters of
+        the jobs the user may see."""
+        return scoped_by_job(self, user, job="job")
+
+    def open(self) -> DeadLetterQuerySet:
+        """Dead letters waiting for a human."""
+        return self.filter(status="open")
+
+    def matching(
+        self,
+        *,
+        statuses: Iterable[str] | None = None,
+        reasons: Iterable[str] | None = None,
+        task_name: str | None = None,
+        error_type: str | None = None,
+        job: Any = None,
+        ids: Iterable[int] | None = None,
+        jobs: Iterable[Any] | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        older_than: timedelta | None = None,
+    ) -> DeadLetterQuerySet:
+        """The dead letters every given filter matches (they combine with AND; ``None`` or empty:
+        no filter). ``ids`` and ``jobs`` combine with each other by OR: the letters named either way."""
+        letters = self
+        if statuses:
+            letters = letters.filter(status__in=list(statuses))
+        if reasons:
+            letters = letters.filter(reason__in=list(reasons))
+        if task_name:
+            letters = letters.filter(task_name=task_name)
+        if error_type:
+            letters = letters.filter(error_type=error_type)
+        if job:
+            letters = letters.filter(job_id=job)
+        if ids or jobs:
+            letters = letters.filter(Q(pk__in=list(ids or ())) | Q(job_id__in=list(jobs or ())))
+        if created_after is not None:
+            letters = letters.filter(created_at__gte=created_after)
+        if created_before is not None:
+            letters = letters.filter(created_at__lt=created_before)
+        if older_than is not None:
+            letters = letters.filter(created_at__lt=timezone.now() - older_than)
+        return letters

@@ -37,7 +37,7 @@ from results.models import Alert, AlertStatus, DeadLetter, DeadLetterReason, Dea
 from results.querysets import scoped_by_job, sees_every_tenant
 from tasks.failure.dead_letters import queue_stats
 from tasks.submit.actions import ReplayError, replay, resolve
-from tasks.submit.outbox import PayloadTooLarge, SubmissionError
+from tasks.submit.validation import PayloadTooLarge, SubmissionError
 
 from .errors import Conflict
 from .pagination import JobCursorPagination

@@ -28,7 +28,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from tasks.submit.outbox import PayloadTooLarge, SubmissionError
+from tasks.submit.validation import PayloadTooLarge, SubmissionError
 
 DETAIL_MAX_CHARS = 1000
 

@@ -15,7 +15,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from results.models import Job, JobAttempt, Status
-from tasks.submit.outbox import storable_json_problem
+from tasks.submit.validation import storable_json_problem
 
 
 class StrictCharField(serializers.CharField):

@@ -27,7 +27,8 @@ from rest_framework.views import APIView
 from results.models import Job, Status
 from tasks.runtime.types import job_types
 from tasks.submit.actions import cancel, rerun
-from tasks.submit.outbox import SubmissionError, submit_or_get
+from tasks.submit.outbox import submit_or_get
+from tasks.submit.validation import SubmissionError
 
 from .errors import Conflict
 from .pagination import JobCursorPagination

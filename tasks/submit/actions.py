@@ -13,7 +13,8 @@ from django.db import transaction
 
 from results.models import DeadLetter, DeadLetterStatus, Job, Status
 from tasks.runtime.types import get_job_type
-from tasks.submit.outbox import SubmissionError, submit
+from tasks.submit.outbox import submit
+from tasks.submit.validation import SubmissionError
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser

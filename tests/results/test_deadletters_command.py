@@ -19,7 +19,8 @@ from django.utils import timezone
 from results.management.commands.deadletters import login_name
 from results.models import Alert, DeadLetter, DeadLetterReason, DeadLetterStatus, Job, Status
 from tasks.failure.dead_letters import message_for_job, poison_message, store
-from tasks.submit.outbox import submit, validate_payload
+from tasks.submit.outbox import submit
+from tasks.submit.validation import validate_payload
 from tests.conftest import ROOT, test_database_url, wait_for, wait_terminal
 
 

@@ -148,7 +148,7 @@ def test_replay_runs_the_job_again_with_an_edited_payload_once(worker):
 
 
 def test_replay_refuses_an_invalid_edited_payload():
-    from tasks.submit.outbox import SubmissionError
+    from tasks.submit.validation import SubmissionError
 
     job = Job.objects.create(type="diagnostics.fail", status=Status.FAILED, terminal_by="2030-01-01T00:00:00Z")
     letter = DeadLetter.objects.create(message_key=str(job.pk), job=job, task_name=job.type, reason="non_retryable")

@@ -15,7 +15,8 @@ from django.utils import timezone
 
 from results.models import Job, Membership, Status, Tenant
 from tasks.jobs.export import COLUMNS, HEARTBEAT_EVERY
-from tasks.submit.outbox import SubmissionError, dispatch, submit, validate_payload
+from tasks.submit.outbox import dispatch, submit
+from tasks.submit.validation import SubmissionError, validate_payload
 from tests.conftest import wait_terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from results.models import AttemptOutcome, Job, Status
-from tasks.submit.outbox import SubmissionError, submit, validate_payload
+from tasks.submit.outbox import submit
+from tasks.submit.validation import SubmissionError, validate_payload
 from tests.conftest import wait_terminal
 
 #: A scripted answer: an HTTP status, or HANG to keep the request open past the client's timeout.

@@ -14,7 +14,8 @@ from django.contrib.auth import get_user_model
 from results.models import Job, Status, Tenant
 from tasks.runtime.types import get_job_type
 from tasks.submit.actions import rerun
-from tasks.submit.outbox import PayloadTooLarge, SubmissionError, submit, submit_or_get
+from tasks.submit.outbox import submit, submit_or_get
+from tasks.submit.validation import PayloadTooLarge, SubmissionError
 from tests.conftest import ROOT, test_database_url, wait_terminal
 
 

@@ -35,7 +35,7 @@ from results.models import DeadLetter, DeadLetterReason, DeadLetterStatus
 from tasks.failure.dead_letters import enforce_caps
 from tasks.runtime.types import get_job_type
 from tasks.submit.actions import ReplayError, replay, resolve
-from tasks.submit.outbox import SubmissionError, validate_payload
+from tasks.submit.validation import SubmissionError, validate_payload
 
 #: Rows ``list`` prints when no --limit is given.
 DEFAULT_LIST_LIMIT = 100
