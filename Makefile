@@ -68,9 +68,14 @@ chaos: install
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+## make lint: style, the floors (import-linter's contract in pyproject.toml; no file cycles, no import
+## hidden in a function: tests/architecture), docs that match the code (tests/docs), migrations.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	env -u CELERY_BROKER_URL -u DATABASE_URL TERMINUS_VAR_DIR=$(CURDIR)/var/test-lint \
+		$(BIN)/pytest -q -p no:cacheprovider tests/architecture tests/docs
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
 format: install
@@ -78,4 +83,4 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf var/test-services var/test-embedded test-artifacts .pytest_cache
+	rm -rf var/test-services var/test-embedded var/test-lint test-artifacts .pytest_cache

@@ -26,8 +26,9 @@ from rest_framework.views import APIView
 from tasks.submit.outbox import submit_many
 
 from .parsers import LimitedJSONParser
+from .responses import error_responses
 from .throttling import SubmitRateThrottle
-from .views import body_object, correlation_id_from, error_responses, tenant_of
+from .views import body_object, correlation_id_from, tenant_of
 
 
 class BulkItemSerializer(serializers.Serializer):

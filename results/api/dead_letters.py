@@ -34,7 +34,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from results.models import Alert, AlertStatus, DeadLetter, DeadLetterReason, DeadLetterStatus, Job
-from results.querysets import scoped_by_job, sees_every_tenant
+from results.querysets import DeadLetterQuerySet, sees_every_tenant
 from tasks.failure.dead_letters import queue_stats
 from tasks.submit.actions import ReplayError, replay, resolve
 from tasks.submit.validation import PayloadTooLarge, SubmissionError
@@ -42,9 +42,9 @@ from tasks.submit.validation import PayloadTooLarge, SubmissionError
 from .errors import Conflict
 from .pagination import JobCursorPagination
 from .parsers import LimitedJSONParser
+from .responses import error_responses
 from .serializers import (
     CommaSeparatedChoiceField,
-    ErrorSerializer,
     JobDetailSerializer,
     QueryParametersSerializer,
     check_query_parameters,
@@ -57,33 +57,13 @@ MAX_ID = 2**63 - 1
 #: Longest ``?older_than=`` (seconds), as ``manage.py deadletters --older-than``: 100 years.
 OLDER_THAN_MAX = 100 * 365 * 86400
 
-_ERROR_DESCRIPTIONS = {
-    400: "Bad input: errors maps each field (body field or query parameter) to its messages.",
-    401: "No or invalid credentials (send Authorization: Token <key>).",
-    404: "No such dead letter, or one the user may not see.",
-    409: "The dead letter's state does not allow this action (errors says why).",
-    413: "The edited payload or the request body is over its size limit.",
-    415: "The body is not application/json.",
-    429: "Too many submissions (a replay submits a job); retry after Retry-After seconds.",
-}
-
-
-def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
-    return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[code]) for code in codes}
-
 
 DEAD_LETTER_ID = OpenApiParameter(
     "id", int, OpenApiParameter.PATH, description="The dead letter's id (404 if unknown or not a number)."
 )
 
 
-# -- scope -------------------------------------------------------------------------------------
-def dead_letters_visible_to(user: Any) -> QuerySet[DeadLetter]:
-    """Everything for superusers and staff without a tenant (``sees_every_tenant``), poison messages
-    included; else the dead letters of the jobs the user may see."""
-    return scoped_by_job(DeadLetter.objects.all(), user, "job")
-
-
+# -- helpers -------------------------------------------------------------------------------------
 def _is_staff(context: dict[str, Any]) -> bool:
     user = getattr(context.get("request"), "user", None)
     return bool(user is not None and user.is_staff)
@@ -220,26 +200,20 @@ class DeadLetterFilterSerializer(QueryParametersSerializer):
         required=False, min_value=1, help_text="Dead letters per page (default 50); above 500 counts as 500."
     )
 
-    def filter(self, letters: QuerySet[DeadLetter]) -> QuerySet[DeadLetter]:
+    def filter(self, letters: DeadLetterQuerySet) -> DeadLetterQuerySet:
         """``letters`` narrowed by the validated parameters (all of them combine with AND)."""
         data = self.validated_data
-        if data.get("status"):
-            letters = letters.filter(status__in=data["status"])
-        if data.get("reason"):
-            letters = letters.filter(reason__in=data["reason"])
-        if data.get("type"):
-            letters = letters.filter(task_name=data["type"])
-        if data.get("error_type"):
-            letters = letters.filter(error_type=data["error_type"])
-        if data.get("job"):
-            letters = letters.filter(job_id=data["job"])
-        if data.get("created_after"):
-            letters = letters.filter(created_at__gte=data["created_after"])
-        if data.get("created_before"):
-            letters = letters.filter(created_at__lt=data["created_before"])
-        if data.get("older_than") is not None:
-            letters = letters.filter(created_at__lt=timezone.now() - timedelta(seconds=data["older_than"]))
-        return letters
+        older_than = data.get("older_than")
+        return letters.matching(
+            statuses=data.get("status"),
+            reasons=data.get("reason"),
+            task_name=data.get("type"),
+            error_type=data.get("error_type"),
+            job=data.get("job"),
+            created_after=data.get("created_after"),
+            created_before=data.get("created_before"),
+            older_than=timedelta(seconds=older_than) if older_than is not None else None,
+        )
 
 
 class ReplaySerializer(serializers.Serializer):
@@ -280,7 +254,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
         return "submit" if getattr(self, "action", None) == "replay" else None
 
     def get_queryset(self) -> QuerySet[DeadLetter]:
-        return dead_letters_visible_to(self.request.user)
+        return DeadLetter.objects.visible_to(self.request.user)
 
     def get_letter(self, pk: str) -> DeadLetter:
         """The dead letter, or 404 alike for a malformed id, an unknown id and one the user may not see."""
@@ -309,7 +283,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
             "every dead letter; other users those of their tenant's jobs (or their own jobs)."
         ),
         parameters=[DeadLetterFilterSerializer],
-        responses={200: DeadLetterSerializer(many=True), **error_responses(400, 401)},
+        responses={200: DeadLetterSerializer(many=True), **error_responses(400, 401, resource="dead letter")},
     )
     def list(self, request: Request) -> Response:
         params = DeadLetterFilterSerializer(data=request.query_params)
@@ -328,7 +302,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
             "kept. Staff without a tenant get the whole store's figures; other users the figures of "
             "the dead letters they can see."
         ),
-        responses={200: DeadLetterStatsSerializer, **error_responses(400, 401)},
+        responses={200: DeadLetterStatsSerializer, **error_responses(400, 401, resource="dead letter")},
     )
     def stats(self, request: Request) -> Response:
         no_query_parameters(request)
@@ -343,7 +317,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
             "about it. `body.kwargs` is the payload a replay runs unless the replay sends its own."
         ),
         parameters=[DEAD_LETTER_ID],
-        responses={200: DeadLetterDetailSerializer, **error_responses(400, 401, 404)},
+        responses={200: DeadLetterDetailSerializer, **error_responses(400, 401, 404, resource="dead letter")},
     )
     def retrieve(self, request: Request, pk: str) -> Response:
         no_query_parameters(request)
@@ -370,7 +344,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
         responses={
             202: OpenApiResponse(JobDetailSerializer, description="The new job."),
             200: OpenApiResponse(JobDetailSerializer, description="The job of an earlier replay; nothing new runs."),
-            **error_responses(400, 401, 404, 409, 413, 415, 429),
+            **error_responses(400, 401, 404, 409, 413, 415, 429, resource="dead letter"),
         },
     )
     def replay(self, request: Request, pk: str) -> Response:
@@ -411,7 +385,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
         ),
         request=None,
         parameters=[DEAD_LETTER_ID],
-        responses={200: DeadLetterDetailSerializer, **error_responses(401, 404, 409)},
+        responses={200: DeadLetterDetailSerializer, **error_responses(401, 404, 409, resource="dead letter")},
     )
     def resolve(self, request: Request, pk: str) -> Response:
         letter = self.get_letter(pk)

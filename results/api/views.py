@@ -33,9 +33,9 @@ from tasks.submit.validation import SubmissionError
 from .errors import Conflict
 from .pagination import JobCursorPagination
 from .parsers import LimitedJSONParser
+from .responses import error_responses
 from .serializers import (
     CancelSerializer,
-    ErrorSerializer,
     JobDetailSerializer,
     JobFilterSerializer,
     JobSerializer,
@@ -52,20 +52,6 @@ RETRY_AFTER_MAX = 30
 RETRYABLE_STATUSES = (Status.FAILED, Status.CANCELLED)
 #: How often a long poll (``?wait=N``) re-reads the job's version while it holds the request.
 LONG_POLL_INTERVAL = 0.25
-
-_ERROR_DESCRIPTIONS = {
-    400: "Bad input: errors maps each field (body field, query parameter or header) to its messages.",
-    401: "No or invalid credentials (send Authorization: Token <key>).",
-    404: "No such job, or a job of another tenant.",
-    409: "The job's state does not allow this action.",
-    413: "The payload or the request body is over its size limit.",
-    415: "The body is not application/json.",
-    429: "Too many submissions; retry after Retry-After seconds.",
-}
-
-
-def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
-    return {code: OpenApiResponse(ErrorSerializer, description=_ERROR_DESCRIPTIONS[code]) for code in codes}
 
 
 JOB_ID = OpenApiParameter("id", uuid.UUID, OpenApiParameter.PATH, description="The job's id (404 if malformed).")

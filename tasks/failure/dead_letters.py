@@ -216,7 +216,7 @@ def record_dead_letter(self: Any, **message: Any) -> dict[str, Any]:
 # -- monitoring and caps ------------------------------------------------------------------------
 def queue_stats() -> dict[str, Any]:
     """DLQ monitoring: open dead letters and the age of the oldest (seconds)."""
-    open_letters = DeadLetter.objects.filter(status=DeadLetterStatus.OPEN)
+    open_letters = DeadLetter.objects.open()
     oldest = open_letters.aggregate(oldest=Min("created_at"))["oldest"]
     return {
         "open": open_letters.count(),

@@ -21,16 +21,16 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import re
 import uuid
 from datetime import UTC, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 
+from results.management.arguments import duration, positive_int
 from results.models import DeadLetter, DeadLetterReason, DeadLetterStatus
 from tasks.failure.dead_letters import enforce_caps
 from tasks.runtime.types import get_job_type
@@ -41,32 +41,6 @@ from tasks.submit.validation import SubmissionError, validate_payload
 DEFAULT_LIST_LIMIT = 100
 DEFAULT_BATCH_SIZE = 1000
 CLOSED = (DeadLetterStatus.REPLAYED, DeadLetterStatus.RESOLVED)
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-# -- argument types (argparse reports their errors as "argument --x: <message>") ----------------
-def duration(value: str) -> timedelta:
-    """``3600`` (seconds), ``90s``, ``30m``, ``2h``, ``7d`` or ``2w``."""
-    match = _DURATION.match(value)
-    if not match:
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {value!r}: use seconds (3600) or a number with s, m, h, d or w (30m, 2h, 7d)"
-        )
-    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds > 100 * 365 * 86400:
-        raise argparse.ArgumentTypeError(f"invalid duration {value!r}: more than 100 years")
-    return timedelta(seconds=seconds)
-
-
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more (got {number})")
-    return number
 
 
 def dead_letter_id(value: str) -> int:
@@ -183,29 +157,27 @@ class Command(BaseCommand):
     # -- selection -----------------------------------------------------------------------------
     def select(self, options: dict[str, Any], *, default_status: tuple[str, ...]) -> QuerySet[DeadLetter]:
         """The dead letters the filters name; an unknown --id or --job is an error."""
-        letters = DeadLetter.objects.all()
         ids, jobs = options["ids"] or [], options["jobs"] or []
         if ids or jobs:
-            found = list(DeadLetter.objects.filter(Q(pk__in=ids) | Q(job_id__in=jobs)).values_list("pk", "job_id"))
+            found = list(DeadLetter.objects.matching(ids=ids, jobs=jobs).values_list("pk", "job_id"))
             missing = [str(i) for i in ids if i not in {pk for pk, _ in found}]
             missing += [f"job {j}" for j in jobs if j not in {job for _, job in found}]
             if missing:
                 raise CommandError(f"no dead letter {', '.join(missing)}")
-            letters = letters.filter(Q(pk__in=ids) | Q(job_id__in=jobs))
         statuses = options["status"]
-        if statuses and "all" not in statuses:
-            letters = letters.filter(status__in=statuses)
+        if statuses and "all" in statuses:
+            statuses = None
         elif not statuses and not (ids or jobs):
-            letters = letters.filter(status__in=default_status)
-        if options["type"]:
-            letters = letters.filter(task_name=options["type"])
-        if options["error_type"]:
-            letters = letters.filter(error_type=options["error_type"])
-        if options["reason"]:
-            letters = letters.filter(reason__in=options["reason"])
-        if options["older_than"] is not None:
-            letters = letters.filter(created_at__lt=timezone.now() - options["older_than"])
-        return letters
+            statuses = default_status
+        return DeadLetter.objects.matching(
+            ids=ids,
+            jobs=jobs,
+            statuses=statuses,
+            task_name=options["type"],
+            error_type=options["error_type"],
+            reasons=options["reason"],
+            older_than=options["older_than"],
+        )
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         handlers = {

@@ -16,7 +16,6 @@ consumes the queues it is started with (-Q / WORKER_QUEUES) again.
 from __future__ import annotations
 
 import json
-import re
 import time
 from datetime import timedelta
 from typing import Any
@@ -27,20 +26,17 @@ from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from project.celery import app
+from results.management.arguments import parse_duration
 from results.models import AttemptOutcome, Job, JobAttempt, Status
 from tasks.fleet.probes import broker_queue_depths, fleet_snapshot, known_queues
 
-DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
-
-def parse_duration(value: str, *, option: str) -> timedelta:
-    """``90``, ``90s``, ``5m``, ``1h30m``, ``2d`` as a timedelta; anything else is a CommandError."""
-    text = value.strip().lower()
-    match = DURATION.match(f"{text}s" if text.isdigit() else text)
-    if not value.strip() or match is None or not any(match.groups()):
-        raise CommandError(f"{option}: {value!r} is not a duration (examples: 90s, 5m, 1h30m, 2d)")
-    days, hours, minutes, secs = (int(group or 0) for group in match.groups())
-    duration = timedelta(days=days, hours=hours, minutes=minutes, seconds=secs)
+def duration_option(value: str, *, option: str) -> timedelta:
+    """A positive duration (results.management.arguments' grammar); anything else is a CommandError."""
+    try:
+        duration = parse_duration(value)
+    except ValueError as exc:
+        raise CommandError(f"{option}: {value!r} is not a duration ({exc})") from None
     if duration <= timedelta(0):
         raise CommandError(f"{option}: {value!r} must be longer than 0 seconds")
     return duration
@@ -248,7 +244,7 @@ class Command(BaseCommand):
     def do_stuck(self, *, stale: str, limit: int, **_: Any) -> None:
         if limit < 1:
             raise CommandError(f"--limit: {limit} must be at least 1")
-        stale_for = parse_duration(stale, option="--stale")
+        stale_for = duration_option(stale, option="--stale")
         now = timezone.now()
         before = now - stale_for
         running, queued, retrying = Status.RUNNING, Status.QUEUED, Status.RETRYING
@@ -309,7 +305,7 @@ class Command(BaseCommand):
         self.emit({"stale_seconds": stale_for.total_seconds(), "count": total, "jobs": jobs}, lines)
 
     def do_failures(self, *, since: str, job_type: str | None, **_: Any) -> None:
-        window = parse_duration(since, option="--since")
+        window = duration_option(since, option="--since")
         start = timezone.now() - window
         jobs = Job.objects.filter(finished_at__gte=start)
         attempts = JobAttempt.objects.filter(finished_at__gte=start)
@@ -419,7 +415,7 @@ class Command(BaseCommand):
         self.emit({"queue": queue, "resumed": resumed, "skipped": skipped}, lines)
 
     def do_drain(self, *, queue: str, worker: list[str], wait: str, **_: Any) -> None:
-        limit = parse_duration(wait, option="--wait")
+        limit = duration_option(wait, option="--wait")
         paused = self.pause(queue, worker)
         deadline = time.monotonic() + limit.total_seconds()
         held: list[dict[str, Any]] = []
