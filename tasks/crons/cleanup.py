@@ -77,14 +77,12 @@ ASYNC_COMMIT = True
 JOB_TASK_RESULTS = Linked(TaskResult, "task_id")
 
 
-@cron(
-    "cleanup",
-    every="TERMINUS_CLEANUP_INTERVAL",
-    time_limit=3600,
-    what="Delete terminal jobs, task results, closed dead letters and cron runs past their retention.",
-)
+@cron("cleanup", every="TERMINUS_CLEANUP_INTERVAL", time_limit=3600)
 def cleanup() -> dict[str, Any]:
-    """Delete everything past its retention, in batches; counts per kind of row."""
+    """Delete terminal jobs, task results, closed dead letters and cron runs past their retention.
+
+    In batches, each kind of row by its own retention; returns the count per kind of row.
+    """
     return run_cleanup()
 
 

@@ -9,13 +9,11 @@ from tasks.fleet.canaries import send_canaries
 from tasks.fleet.readiness import readiness
 
 
-@cron(
-    "health",
-    every="TERMINUS_HEALTH_INTERVAL",
-    time_limit=60,
-    what="Run the readiness checks, alert on each change, send a canary through every queue.",
-)
+@cron("health", every="TERMINUS_HEALTH_INTERVAL", time_limit=60)
 def health() -> dict[str, Any]:
-    """Run every readiness check (alerting on changes), then send the next round of canaries."""
+    """Run the readiness checks, alert on each change, send a canary through every queue.
+
+    The checks are tasks.fleet.readiness's, the canaries tasks.fleet.canaries'.
+    """
     report = readiness()
     return {"failing": report["failing"], "canaries_sent": send_canaries()}

@@ -83,14 +83,12 @@ class Pass:
         return False
 
 
-@cron(
-    "reaper",
-    every="TERMINUS_REAPER_INTERVAL",
-    time_limit=120,
-    what="Drive stuck and lost jobs to a terminal state; republish dead letters; run pending on_terminal hooks.",
-)
+@cron("reaper", every="TERMINUS_REAPER_INTERVAL", time_limit=120)
 def reap() -> dict[str, int]:
-    """One pass over every way a job can get stuck; counts what it did."""
+    """Drive stuck and lost jobs to a terminal state; republish dead letters; run pending on_terminal hooks.
+
+    One pass over every way a job can get stuck; returns the count of each repair.
+    """
     this = Pass()
     counts = {
         "deadline_exceeded": fail_past_deadline(this),

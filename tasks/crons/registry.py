@@ -111,15 +111,17 @@ def cron(
     """Register ``fn()`` as cron ``name``: a task ``terminus.cron.<name>`` that beat sends ``every`` seconds.
 
     ``every`` is seconds, or the name of a setting holding seconds (so that it can be re-timed by
-    environment); ``time_limit`` is the run's hard limit; ``what`` is the line the docs and the
-    admin show. This declaration is the whole cron: beat's schedule (tasks.crons.beat), the admin's
-    schedule table and the docs' table are all derived from the registry it writes. ``fn`` returns
+    environment); ``time_limit`` is the run's hard limit; ``what`` (default: the first line of the
+    function's docstring) is the line the docs and the admin show. This declaration is the whole
+    cron: beat's schedule (tasks.crons.beat), the admin's schedule table and the docs' table are
+    all derived from the registry it writes. ``fn`` returns
     a JSON-able summary (counts), stored on the run. The function is returned unchanged, so it can
     still be called directly (without lock or record); its task is ``fn.cron_task``.
     """
-    entry = Entry(name, f"terminus.cron.{name}", every, time_limit, what or "")
 
     def decorator(fn: Callable[[], Any]) -> Callable[[], Any]:
+        summary = what or next(iter((fn.__doc__ or "").strip().splitlines()), "")
+        entry = Entry(name, f"terminus.cron.{name}", every, time_limit, summary)
         if name in _CRONS:
             raise ValueError(f"cron {name!r} is registered twice")
 

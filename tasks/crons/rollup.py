@@ -31,14 +31,12 @@ from tasks.crons.registry import cron
 TERMINAL = sorted(TERMINAL_STATUSES)
 
 
-@cron(
-    "rollup",
-    every="TERMINUS_ROLLUP_INTERVAL",
-    time_limit=900,
-    what="Roll up the last complete hours: counts, p50/p95 durations and failure rate per job type.",
-)
+@cron("rollup", every="TERMINUS_ROLLUP_INTERVAL", time_limit=900)
 def rollup_recent_hours() -> dict[str, Any]:
-    """Roll up the last TERMINUS_ROLLUP_HOURS complete hours."""
+    """Roll up the last complete hours: counts, p50/p95 durations and failure rate per job type.
+
+    Recomputes the last TERMINUS_ROLLUP_HOURS complete hours.
+    """
     end = hour_start(timezone.now())
     hours = [end - timedelta(hours=n) for n in range(settings.TERMINUS_ROLLUP_HOURS, 0, -1)]
     return {"hours": len(hours), "rows": sum(rollup_hour(hour) for hour in hours)}
