@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from results.management.commands.fleet import Command
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 RUNBOOK = ROOT / "docs" / "RUNBOOK.md"
 README = ROOT / "README.md"

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from results.models import AttemptOutcome, Job, JobAttempt, Status
 from tasks.submit.outbox import submit
-from tests.conftest import ROOT, wait_for, wait_status, wait_terminal
+from tests.helpers import ROOT, wait_for, wait_status, wait_terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

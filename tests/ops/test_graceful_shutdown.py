@@ -17,7 +17,7 @@ from django.utils import timezone
 from results.models import Job, Status
 from tasks.fleet.probes import broker_queue_depths
 from tasks.submit.outbox import submit
-from tests.conftest import broker_kind, wait_for, wait_status, wait_terminal
+from tests.helpers import broker_kind, wait_for, wait_status, wait_terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

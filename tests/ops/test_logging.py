@@ -18,8 +18,8 @@ from django.test import Client
 
 from project.logging import formatter
 from results.models import DeadLetter, Job, Status
-from tests.conftest import ARTIFACTS, ROOT, wait_for, wait_terminal
-from tests.ops.conftest import free_port, json_lines
+from tests.helpers import ARTIFACTS, ROOT, wait_for, wait_terminal
+from tests.ops.helpers import free_port, json_lines
 
 pytestmark = pytest.mark.django_db(transaction=True)
 PLAIN_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:,.]+Z? +\[?(debug|info|warning|error|critical)", re.IGNORECASE)

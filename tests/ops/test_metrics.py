@@ -14,8 +14,8 @@ from django.utils import timezone
 from results.models import DeadLetter, DeadLetterReason, Job, Status
 from results.ops.metrics import terminal_job_counts
 from tasks.submit.outbox import submit
-from tests.conftest import wait_for, wait_terminal
-from tests.ops.conftest import free_port, sample, samples
+from tests.helpers import wait_for, wait_terminal
+from tests.ops.helpers import free_port, sample, samples
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,8 +12,8 @@ import pytest
 
 from project.celery import app
 from project.sentry import FILTERED, TRACKED_TAG, before_send, scrub
-from tests.conftest import ROOT, test_database_url, wait_for
-from tests.ops.conftest import SentrySink
+from tests.helpers import ROOT, test_database_url, wait_for
+from tests.ops.helpers import SentrySink
 from tests.ops.sentry_drill import SECRETS
 
 RELEASE = "terminus@9.9.9-ops"

@@ -11,7 +11,7 @@ import pytest
 from django.test import Client
 
 from results.models import DeadLetter, HealthState
-from tests.conftest import ARTIFACTS, WorkerProcess, alerting_env, wait_for
+from tests.helpers import ARTIFACTS, WorkerProcess, alerting_env, wait_for
 from tests.tasks.cron_support import FAST_CRONS, PrivateRedis, beat, get_json, web, webhooks_with_key
 
 pytestmark = pytest.mark.django_db(transaction=True)

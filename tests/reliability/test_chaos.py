@@ -31,8 +31,8 @@ from results.models import (
     Status,
 )
 from tasks.submit.outbox import submit_many
-from tests.conftest import _quiesce, wait_for
-from tests.reliability.conftest import (
+from tests.helpers import quiesce, wait_for
+from tests.reliability.helpers import (
     CHAOS_JOBS,
     FAST_REAPER,
     RABBITMQ,
@@ -279,7 +279,7 @@ def test_poison_messages_in_a_batch_are_dead_lettered_and_the_batch_finishes(bro
     assert figures["dead_lettered"] == figures["poison"] == 5
     if broker.name == RABBITMQ:  # the rejected ones, once each, through the exchange
         assert figures["via_dlx"] == rejected
-    _quiesce()  # their alerts are sent before the tables are flushed
+    quiesce()  # their alerts are sent before the tables are flushed
 
 
 # -- the reaper, the broker and the schedulers under fault -------------------------------------------

@@ -7,8 +7,8 @@ import pytest
 from results.models import AttemptOutcome, Job, Status
 from tasks.runtime.types import get_job_type
 from tasks.submit.outbox import submit
-from tests.conftest import wait_for
-from tests.reliability.conftest import late_finishes
+from tests.helpers import wait_for
+from tests.reliability.helpers import late_finishes
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.reliability]
 

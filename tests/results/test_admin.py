@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from results.admin import CheapCountPaginator
 from results.models import AttemptOutcome, Job, JobAttempt, Membership, Status, Tenant
-from tests.conftest import wait_terminal
+from tests.helpers import wait_terminal
 
 CHANGELIST = reverse("admin:results_job_changelist")
 

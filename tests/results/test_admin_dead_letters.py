@@ -31,7 +31,7 @@ from results.models import (
 )
 from tasks.failure.dead_letters import message_for_job, poison_message, store
 from tasks.submit.outbox import submit
-from tests.conftest import wait_for, wait_terminal
+from tests.helpers import wait_for, wait_terminal
 
 CHANGELIST = reverse("admin:results_deadletter_changelist")
 ALERTS = reverse("admin:results_alert_changelist")

@@ -9,28 +9,27 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth.models import User
-from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.request import Request
 from rest_framework.test import APIClient, APIRequestFactory
 
 from project.celery import app as celery_app
 from results.api.pagination import JobCursorPagination
-from results.models import AttemptOutcome, Job, Membership, Status, Tenant
+from results.models import AttemptOutcome, Job, Status
 from tasks.runtime.types import job_types
-from tasks.submit.outbox import submit
-from tests.conftest import wait_for
+from tests.factories import client_for, job_for
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.usefixtures("fresh_throttle_counts")
 
 JOBS = "/api/jobs/"
 CLOSED_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused
@@ -56,63 +55,12 @@ def assert_error(response: Any, status: int, *fields: str) -> dict[str, Any]:
 
 
 # -- fixtures ----------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def _fresh_throttle_counts() -> Iterator[None]:
-    # Throttle history lives in the cache; user ids are reused across tests on SQLite.
-    cache.clear()
-    yield
-    cache.clear()
-
-
-@pytest.fixture
-def make_user(db: None) -> Callable[..., User]:
-    def make(username: str, *, tenant: str | None = None, staff: bool = False) -> User:
-        user = User.objects.create_user(username, is_staff=staff)
-        if tenant is not None:
-            Membership.objects.create(user=user, tenant=Tenant.objects.get_or_create(name=tenant)[0])
-        return user
-
-    return make
-
-
-def client_for(user: User | None) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
-    return client
-
-
-@pytest.fixture
-def alice(make_user: Callable[..., User]) -> User:
-    return make_user("alice", tenant="acme")
-
-
-@pytest.fixture
-def carol(make_user: Callable[..., User]) -> User:
-    """Alice's colleague: same tenant."""
-    return make_user("carol", tenant="acme")
-
-
-@pytest.fixture
-def bob(make_user: Callable[..., User]) -> User:
-    return make_user("bob", tenant="globex")
-
-
-@pytest.fixture
-def staff(make_user: Callable[..., User]) -> User:
-    return make_user("root", staff=True)
 
 
 @pytest.fixture
 def api(alice: User) -> APIClient:
     """Alice's client."""
     return client_for(alice)
-
-
-def job_for(user: User, type_name: str = "diagnostics.sleep", payload: dict[str, Any] | None = None, **kw: Any) -> Job:
-    """A queued job submitted by ``user`` (its message is not published: on_commit does not run)."""
-    membership = Membership.objects.filter(user=user).select_related("tenant").first()
-    return submit(type_name, payload or {}, owner=user, tenant=membership.tenant if membership else None, **kw)
 
 
 def failed_job(user: User, *, traceback: str = "Traceback (most recent call last):\n  secret internals") -> Job:

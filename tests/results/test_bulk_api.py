@@ -7,7 +7,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from results.models import Job, Membership, Status, Tenant
-from tests.conftest import wait_terminal
+from tests.helpers import wait_terminal
 
 URL = "/api/jobs/bulk/"
 

@@ -9,16 +9,13 @@ new job succeed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.core.cache import cache
 from django.core.management import call_command
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from results.models import (
@@ -30,11 +27,13 @@ from results.models import (
     Job,
     Membership,
     Status,
-    Tenant,
 )
 from tasks.failure.dead_letters import message_for_job, poison_message, store
 from tasks.submit.outbox import submit
-from tests.conftest import wait_for, wait_terminal
+from tests.factories import client_for
+from tests.helpers import wait_for, wait_terminal
+
+pytestmark = pytest.mark.usefixtures("fresh_throttle_counts")
 
 LETTERS = "/api/dead-letters/"
 STATS = f"{LETTERS}stats/"
@@ -70,44 +69,6 @@ def listed(client: APIClient, query: str = "") -> list[int]:
 
 
 # -- fixtures ----------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def _fresh_throttle_counts() -> Iterator[None]:
-    cache.clear()  # throttle history is keyed by user id, and ids are reused between tests
-    yield
-    cache.clear()
-
-
-@pytest.fixture
-def make_user(db: None) -> Callable[..., User]:
-    def make(username: str, *, tenant: str | None = None, staff: bool = False) -> User:
-        user = User.objects.create_user(username, is_staff=staff)
-        if tenant is not None:
-            Membership.objects.create(user=user, tenant=Tenant.objects.get_or_create(name=tenant)[0])
-        return user
-
-    return make
-
-
-def client_for(user: User | None) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
-    return client
-
-
-@pytest.fixture
-def alice(make_user: Callable[..., User]) -> User:
-    return make_user("alice", tenant="acme")
-
-
-@pytest.fixture
-def bob(make_user: Callable[..., User]) -> User:
-    return make_user("bob", tenant="globex")
-
-
-@pytest.fixture
-def staff(make_user: Callable[..., User]) -> User:
-    return make_user("root", staff=True)
 
 
 def failed_job(user: User | None, payload: dict[str, Any] | None = None, **fields: Any) -> Job:

@@ -21,7 +21,7 @@ from results.models import Alert, DeadLetter, DeadLetterReason, DeadLetterStatus
 from tasks.failure.dead_letters import message_for_job, poison_message, store
 from tasks.submit.outbox import submit
 from tasks.submit.validation import validate_payload
-from tests.conftest import ROOT, test_database_url, wait_for, wait_terminal
+from tests.helpers import ROOT, test_database_url, wait_for, wait_terminal
 
 
 def run(*args: str) -> str:

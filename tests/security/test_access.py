@@ -26,7 +26,8 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve, reverse
 from rest_framework.test import APIClient
 
 from results.models import Alert, DeadLetter, Job, Membership, Tenant
-from tests.security.conftest import TenantJobs, assert_error_shape, client_for, jobs_in_every_state
+from tests.factories import client_for
+from tests.security.helpers import TenantJobs, assert_error_shape, jobs_in_every_state
 
 METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
 

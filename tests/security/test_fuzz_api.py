@@ -46,7 +46,8 @@ from schemathesis.specs.openapi.checks import (
 
 from project.wsgi import application
 from results.models import DeadLetter
-from tests.security.conftest import FUZZ_REPORT, SECRET_TRACEBACK, TenantJobs, jobs_in_every_state, token_for
+from tests.factories import token_for
+from tests.security.helpers import FUZZ_REPORT, SECRET_TRACEBACK, TenantJobs, jobs_in_every_state
 
 #: Examples per operation and generation mode; CI keeps the default, a deep run raises it.
 EXAMPLES = int(os.environ.get("SECURITY_FUZZ_EXAMPLES", "20"))

@@ -15,7 +15,8 @@ import pytest
 from django.conf import settings as django_settings
 
 from results.models import DeadLetter, Job
-from tests.security.conftest import assert_error_shape, client_for, job_for
+from tests.factories import client_for, job_for
+from tests.security.helpers import assert_error_shape
 
 SLEEP = {"type": "diagnostics.sleep", "payload": {}}
 

@@ -26,7 +26,7 @@ from kombu import Connection, Exchange, Producer, Queue
 
 from results.models import DeadLetter, DeadLetterReason, Job, JobAttempt, Status
 from tasks.submit.outbox import submit
-from tests.conftest import ARTIFACTS, WorkerProcess, wait_for
+from tests.helpers import ARTIFACTS, WorkerProcess, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -29,8 +29,9 @@ from results.models import DeadLetter, Job, Status
 from tasks.failure.dead_letters import RECORD_TASK
 from tasks.submit.outbox import submit
 from tests.alert_sink import AlertSink
-from tests.conftest import wait_for
-from tests.security.conftest import assert_error_shape, client_for
+from tests.factories import client_for
+from tests.helpers import wait_for
+from tests.security.helpers import assert_error_shape
 
 SECRET = "SECRET-MARKER-123"
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.alert_sink import AlertSink
-from tests.conftest import ARTIFACTS, ROOT, WorkerProcess, alerting_env, test_database_url, wait_for
+from tests.helpers import ARTIFACTS, ROOT, WorkerProcess, alerting_env, test_database_url, wait_for
 
 #: Seconds-long schedules: every cron in the stack ticks this often unless a test overrides it.
 FAST_CRONS = {

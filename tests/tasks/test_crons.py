@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from results.models import CronRun, CronRunStatus, HealthState
 from tasks.crons.registry import TICK_HEADER
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.tasks.cron_support import start_cron_stack, webhooks_with_key
 
 DRILLS = "tests.tasks.cron_drills"

@@ -14,7 +14,7 @@ from results.models import Alert, AlertStatus, DeadLetter, DeadLetterReason, Dea
 from tasks.failure.alerting import flush_alerts
 from tasks.failure.dead_letters import DEAD_LETTER_QUEUE, message_for_job, queue_stats, record_dead_letter
 from tasks.submit.actions import replay
-from tests.conftest import wait_for, wait_terminal
+from tests.helpers import wait_for, wait_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 

@@ -17,7 +17,7 @@ from results.models import Job, Membership, Status, Tenant
 from tasks.jobs.export import COLUMNS, HEARTBEAT_EVERY
 from tasks.submit.outbox import dispatch, submit
 from tasks.submit.validation import SubmissionError, validate_payload
-from tests.conftest import wait_terminal
+from tests.helpers import wait_terminal
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -15,7 +15,7 @@ import pytest
 from results.models import AttemptOutcome, Job, Status
 from tasks.submit.outbox import submit
 from tasks.submit.validation import SubmissionError, validate_payload
-from tests.conftest import wait_terminal
+from tests.helpers import wait_terminal
 
 #: A scripted answer: an HTTP status, or HANG to keep the request open past the client's timeout.
 HANG = "hang"

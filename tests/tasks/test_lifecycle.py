@@ -6,7 +6,7 @@ import pytest
 
 from results.models import AttemptOutcome, Job, Status
 from tasks.submit.outbox import submit
-from tests.conftest import wait_terminal
+from tests.helpers import wait_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 

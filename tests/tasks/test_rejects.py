@@ -11,7 +11,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from results.models import DeadLetter, DeadLetterReason, Status
 from tasks.submit.outbox import submit
-from tests.conftest import broker_kind, wait_for, wait_terminal
+from tests.helpers import broker_kind, wait_for, wait_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 

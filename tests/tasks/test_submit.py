@@ -16,7 +16,7 @@ from tasks.runtime.types import get_job_type
 from tasks.submit.actions import rerun
 from tasks.submit.outbox import submit, submit_or_get
 from tasks.submit.validation import PayloadTooLarge, SubmissionError
-from tests.conftest import ROOT, test_database_url, wait_terminal
+from tests.helpers import ROOT, test_database_url, wait_terminal
 
 
 @pytest.mark.django_db

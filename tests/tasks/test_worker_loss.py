@@ -12,7 +12,7 @@ from results.models import AttemptOutcome, Job, Status
 from tasks.runtime.types import get_job_type
 from tasks.submit.actions import cancel
 from tasks.submit.outbox import submit
-from tests.conftest import broker_kind, wait_for, wait_status, wait_terminal
+from tests.helpers import broker_kind, wait_for, wait_status, wait_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 
