@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) browser
 
-## Debian's chromium for the browser tests (tests/web drive it with Playwright; nothing is downloaded
+## Debian's chromium for the browser tests (tests/results/web drive it with Playwright; nothing is downloaded
 ## through a test tool). A no-op when present; where apt cannot run, the browser tests skip, saying why.
 browser:
 	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \

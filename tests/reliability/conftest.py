@@ -90,7 +90,7 @@ def start_stack(
 ) -> Iterator[Callable[..., Any]]:
     """Factory for cron stacks (``celery beat`` with tasks.crons.beat:Scheduler + a cron worker) that
     tick every second, as production runs the reaper, health checks and alerts; stopped at teardown."""
-    from tests.tasks.cron_support import start_cron_stack
+    from tests.tasks.crons.cron_support import start_cron_stack
 
     stacks: list[Any] = []
 

@@ -468,7 +468,7 @@ CRON_DONE = re.compile(r"cron (\S+): tick (\S+ \S+) done in")
 def test_two_beats_at_once_run_each_cron_tick_once_and_the_batch_is_unaffected(
     chaos_job_type, start_stack, start_worker, drill_queue
 ):
-    from tests.tasks.cron_support import BEAT_READY
+    from tests.tasks.crons.cron_support import BEAT_READY
 
     # Given two beats on the project's scheduler sending every cron every second or two
     stack = start_stack(beats=2)

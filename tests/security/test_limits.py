@@ -1,6 +1,6 @@
 """Hostile sizes and rates: every limit answers a clear 4xx in the API's error shape, never a 500.
 
-tests/results/test_api.py covers the basic limits of ``POST /api/jobs/`` (payload 413, body 413,
+tests/results/api/test_jobs.py covers the basic limits of ``POST /api/jobs/`` (payload 413, body 413,
 nesting 400, malformed JSON, 415); these tests extend them to every endpoint that takes a body,
 to the ways a client can lie about sizes, and to the submit throttle's per-user budget.
 """

@@ -1,6 +1,6 @@
 """Messages a worker must never run or deserialize: refused, kept as a dead letter, the job untouched.
 
-tests/tasks/test_dead_letter.py proves it for a pickle body (whose unpickling would run code) and
+tests/tasks/failure/test_dead_letters.py proves it for a pickle body (whose unpickling would run code) and
 for an unknown task name. Here every other hostile shape gets the same proof on the real broker
 and a real worker: other content types (YAML, msgpack, plain text, untyped bytes), a JSON body
 that is not JSON, and a well-formed JSON message with a task header no worker knows. Each one

@@ -14,7 +14,7 @@ from results.models import Membership, Tenant
 from results.web.views import example_payload
 from tasks.runtime.types import job_types
 from tasks.submit.outbox import submit
-from tests.web.helpers import PASSWORD
+from tests.results.web.helpers import PASSWORD
 
 
 @pytest.fixture

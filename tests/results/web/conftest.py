@@ -24,7 +24,7 @@ from django.db import connections
 
 from results.models import Membership, Tenant
 from tests.helpers import ROOT, test_database_url
-from tests.web.helpers import (
+from tests.results.web.helpers import (
     CHROMIUM_ARGS,
     PASSWORD,
     WebServer,

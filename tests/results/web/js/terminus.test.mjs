@@ -1,5 +1,5 @@
 // Unit tests of terminus.js's polling logic with a scripted fetch (node --test; no dependencies).
-// The browser tests (tests/web/test_watch_page.py) run the same module against the real server.
+// The browser tests (tests/results/web/test_watch_page.py) run the same module against the real server.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 

@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 
 from results.models import Job, Status
 from tests.helpers import WorkerProcess
-from tests.web.helpers import PASSWORD, Traffic, WebServer, artifact
+from tests.results.web.helpers import PASSWORD, Traffic, WebServer, artifact
 
 #: How long the page is watched for requests after the end: several times the longest gap the
 #: client would leave between polls if it kept going (it asks again at once in long-poll mode).

@@ -1,6 +1,6 @@
 """The cron runner with two real beats (started by mistake) and a real cron worker, on a schedule of seconds.
 
-The stack also runs the drill crons of tests/tasks/cron_drills.py: one that counts its executions,
+The stack also runs the drill crons of tests/tasks/crons/cron_drills.py: one that counts its executions,
 one that always raises, one that outlives its interval and one its hard time limit kills.
 """
 
@@ -16,9 +16,9 @@ from django.utils import timezone
 from results.models import CronRun, CronRunStatus, HealthState
 from tasks.crons.registry import TICK_HEADER
 from tests.helpers import wait_for
-from tests.tasks.cron_support import start_cron_stack, webhooks_with_key
+from tests.tasks.crons.cron_support import start_cron_stack, webhooks_with_key
 
-DRILLS = "tests.tasks.cron_drills"
+DRILLS = "tests.tasks.crons.cron_drills"
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def runs(cron: str, since: datetime, **filters) -> list[CronRun]:
 
 @pytest.mark.django_db(transaction=True)
 def test_two_beats_run_each_cron_once_per_tick(crons):
-    from tests.tasks.cron_drills import executions_log
+    from tests.tasks.crons.cron_drills import executions_log
 
     since = timezone.now()
     # Given two beats sending every cron (each tick is sent twice)
@@ -104,7 +104,7 @@ def test_a_cron_still_running_at_its_next_tick_is_skipped_and_counted_not_stacke
 
 @pytest.mark.django_db(transaction=True)
 def test_a_cron_message_runs_for_the_tick_beat_stamped_on_it_not_the_workers_clock(crons):
-    from tests.tasks.cron_drills import count
+    from tests.tasks.crons.cron_drills import count
 
     stamped = datetime(2020, 1, 1, tzinfo=UTC)
     # A send stamped with a tick long past (as a second beat's late send would be) ...
@@ -125,7 +125,7 @@ def test_a_cron_message_runs_for_the_tick_beat_stamped_on_it_not_the_workers_clo
 # Last of the stack's tests: the kill disturbs the worker's pool for a while.
 @pytest.mark.django_db(transaction=True)
 def test_a_cron_killed_by_its_hard_time_limit_is_recorded_as_failed(crons):
-    from tests.tasks.cron_drills import stuck
+    from tests.tasks.crons.cron_drills import stuck
 
     since = timezone.now()
     # Given a cron that ignores its soft time limit (sent once, as beat would)

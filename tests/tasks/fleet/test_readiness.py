@@ -9,7 +9,7 @@ from results.models import Alert, HealthState, QueueCanary
 from tasks.fleet.probes import known_queues
 from tasks.fleet.readiness import Check, record
 from tests.helpers import wait_for
-from tests.tasks.cron_support import start_cron_stack, webhooks_with_key
+from tests.tasks.crons.cron_support import start_cron_stack, webhooks_with_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -30,7 +30,7 @@ from results.models import (
 from tasks.submit.actions import cancel
 from tasks.submit.outbox import _new_job, submit
 from tests.helpers import ARTIFACTS, WorkerProcess, broker_kind, wait_for, wait_status, wait_terminal
-from tests.tasks.cron_support import start_cron_stack, webhooks_with_key
+from tests.tasks.crons.cron_support import start_cron_stack, webhooks_with_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,7 +12,7 @@ from django.test import Client
 
 from results.models import DeadLetter, HealthState
 from tests.helpers import ARTIFACTS, WorkerProcess, alerting_env, wait_for
-from tests.tasks.cron_support import FAST_CRONS, PrivateRedis, beat, get_json, web, webhooks_with_key
+from tests.tasks.crons.cron_support import FAST_CRONS, PrivateRedis, beat, get_json, web, webhooks_with_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,4 +1,4 @@
-"""Runs terminus.js's unit tests (tests/web/js/*.test.mjs) with node's built-in test runner.
+"""Runs terminus.js's unit tests (tests/results/web/js/*.test.mjs) with node's built-in test runner.
 
 Node comes from PATH or, on a machine without it, from the Playwright package (its driver ships
 a node binary), so CI needs nothing extra.
@@ -30,7 +30,7 @@ def node_executable() -> str | None:
 def test_the_js_client_unit_tests_pass() -> None:
     node = node_executable()
     if node is None:
-        pytest.skip("no node on PATH and no node in the playwright package: cannot run tests/web/js")
+        pytest.skip("no node on PATH and no node in the playwright package: cannot run tests/results/web/js")
     files = sorted(str(path) for path in JS_TESTS.glob("*.test.mjs"))
     assert files, f"no JS tests in {JS_TESTS}"
     result = subprocess.run(
