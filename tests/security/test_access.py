@@ -324,7 +324,7 @@ def test_submitted_jobs_belong_to_the_submitters_tenant(alice):
 
 @pytest.mark.django_db
 def test_tenant_staff_see_only_their_tenants_jobs_in_the_api_as_in_the_admin(make_user, bob):
-    # Staff who act for a tenant are scoped to it in the admin (results.admin.JobAdmin); the API
+    # Staff who act for a tenant are scoped to it in the admin (results.admin.jobs.JobAdmin); the API
     # must not give them more: another tenant's jobs, and their tracebacks.
     ops = make_user("ops-acme", tenant="acme", staff=True)
     own = jobs_in_every_state(ops)

@@ -3,40 +3,41 @@
 Dead letters are written by the dead-letter path (``tasks.failure.dead_letters``), alerts and throttle
 windows by the alerting path (``tasks.failure.alerting``), so the admin never edits them. Operators act
 on a dead letter only through the calls the API and ``manage.py deadletters`` use
-(``tasks.failure.dead_letters.replay`` and ``resolve``); deleting is ``manage.py deadletters purge``'s job.
+(``tasks.submit.actions.replay`` and ``resolve``); deleting is ``manage.py deadletters purge``'s job.
 
-Registered by ``results/admin.py`` (its last line), whose cheap-count paginator and rendering
-helpers it reuses: no change list here counts or scans a whole table, and filters take their
-choices from code, not ``SELECT DISTINCT``.
+No change list here counts or scans a whole table (results.admin.base.LargeTableAdmin), and filters
+take their choices from code, not ``SELECT DISTINCT``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.contrib import admin, messages
-from django.contrib.admin.views.main import ChangeList
 from django.db.models import Q, QuerySet
-from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.translation import ngettext
 
+from results.admin.base import (
+    LargeTableAdmin,
+    ReadOnly,
+    clean_search_term,
+    dead_letter_link,
+    job_link,
+    pre,
+    pretty_json,
+)
+from results.models import Alert, AlertWindow, DeadLetter, DeadLetterStatus
+from results.querysets import scoped_by_job, sees_every_tenant
 from tasks.failure.alerting import MailChannel, WebhookChannel
 from tasks.runtime.types import job_types
 from tasks.submit.actions import ReplayError, replay, resolve
 from tasks.submit.validation import SubmissionError
 
-from .admin import MAX_ACTION_JOBS, CheapCountPaginator, _job_link, _pre, _pretty_json
-from .models import Alert, AlertWindow, DeadLetter, DeadLetterStatus
-from .querysets import scoped_by_job, sees_every_tenant
-
 if TYPE_CHECKING:
     from django.http import HttpRequest
-
-#: Columns never loaded for the dead-letter change list: they can be large and it shows none of them.
-LARGE_FIELDS = ("traceback", "body", "raw_body", "headers", "error_message")
 
 # The change page, every field read-only; JSON and the traceback through their display methods.
 IDENTITY_FIELDS = (
@@ -54,36 +55,6 @@ STATUS_COLORS = {
 }
 #: The "type" filter's choice for task names that are not a registered job type (poison messages).
 OTHER_TYPE = "__other__"
-
-
-def _dead_letter_link(dead_letter_id: int) -> str:
-    url = reverse("admin:results_deadletter_change", args=[dead_letter_id])
-    return format_html('<a href="{}">{}</a>', url, dead_letter_id)
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows written by machines: shown, never added, edited or deleted here."""
-
-    paginator = CheapCountPaginator
-    show_full_result_count = False
-    show_facets = admin.ShowFacets.NEVER
-    list_per_page = 50
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-class DeadLetterChangeList(ChangeList):
-    """The change list's queryset, without the large columns it never shows."""
-
-    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[DeadLetter]:
-        return super().get_queryset(request, exclude_parameters).defer(*LARGE_FIELDS)
 
 
 class TaskNameFilter(admin.SimpleListFilter):
@@ -114,7 +85,7 @@ class ChannelFilter(admin.SimpleListFilter):
         return queryset.filter(channel=self.value()) if self.value() else queryset
 
 
-class AlertInline(admin.TabularInline):
+class AlertInline(ReadOnly, admin.TabularInline):
     """Every alert sent (or tried) about the dead letter, as the alerting path recorded it."""
 
     model = Alert
@@ -132,19 +103,13 @@ class AlertInline(admin.TabularInline):
         user = request.user
         return user.has_perm("results.view_deadletter") or user.has_perm("results.change_deadletter")
 
-    def has_add_permission(self, request: HttpRequest, obj: DeadLetter | None = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: DeadLetter | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: DeadLetter | None = None) -> bool:
-        return False
-
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(ReadOnlyAdmin):
+class DeadLetterAdmin(LargeTableAdmin):
     """Read-only dead letters with replay and resolve actions; tenant staff see only their tenant's."""
+
+    large_fields = ("traceback", "body", "raw_body", "headers", "error_message")
+    operate_permission = "results.change_deadletter"
 
     list_display = (
         "id", "created_at", "task_name", "reason", "error_type", "attempts", "status_badge", "job_link",
@@ -169,10 +134,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     # -- scope ---------------------------------------------------------------------------------
     def get_queryset(self, request: HttpRequest) -> QuerySet[DeadLetter]:
         """Superusers and staff without a tenant see every dead letter; tenant staff their tenant's jobs'."""
-        return scoped_by_job(super().get_queryset(request), request.user, "job")
-
-    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return DeadLetterChangeList
+        return super().get_queryset(request).visible_to(request.user)
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[DeadLetter], search_term: str
@@ -181,7 +143,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
         The default admin search would run ``icontains``, which no index serves.
         """
-        term = search_term.strip().strip("\"'").strip()
+        term = clean_search_term(search_term)
         if not term:
             return queryset, False
         match = Q(message_key=term)
@@ -189,10 +151,6 @@ class DeadLetterAdmin(ReadOnlyAdmin):
             job_id = uuid.UUID(term)
             match |= Q(job_id=job_id) | Q(replay_job_id=job_id)
         return queryset.filter(match), False
-
-    def has_operate_permission(self, request: HttpRequest) -> bool:
-        """Replay and resolve need the model's change permission (the form itself stays read-only)."""
-        return request.user.has_perm("results.change_deadletter")
 
     # -- columns -------------------------------------------------------------------------------
     @admin.display(description="status", ordering="status")
@@ -202,41 +160,29 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
     @admin.display(description="job")
     def job_link(self, obj: DeadLetter) -> str:
-        return _job_link(obj.job_id) if obj.job_id else "- (no job: a message that never ran)"
+        return job_link(obj.job_id) if obj.job_id else "- (no job: a message that never ran)"
 
     @admin.display(description="replayed as")
     def replay_job_link(self, obj: DeadLetter) -> str:
-        return _job_link(obj.replay_job_id) if obj.replay_job_id else "-"
+        return job_link(obj.replay_job_id) if obj.replay_job_id else "-"
 
     @admin.display(description="body")
     def body_pretty(self, obj: DeadLetter) -> str:
-        return _pretty_json(obj.body)
+        return pretty_json(obj.body)
 
     @admin.display(description="headers")
     def headers_pretty(self, obj: DeadLetter) -> str:
-        return _pretty_json(obj.headers or None)
+        return pretty_json(obj.headers or None)
 
     @admin.display(description="raw body (undecodable, base64)")
     def raw_body_pre(self, obj: DeadLetter) -> str:
-        return _pre(obj.raw_body)
+        return pre(obj.raw_body)
 
     @admin.display(description="traceback")
     def traceback_pre(self, obj: DeadLetter) -> str:
-        return _pre(obj.traceback)
+        return pre(obj.traceback)
 
     # -- actions -------------------------------------------------------------------------------
-    def _selection(self, request: HttpRequest, queryset: QuerySet[DeadLetter], verb: str) -> list[DeadLetter] | None:
-        """The selected dead letters, oldest first (one query), or None with an error if there are too many."""
-        letters = list(queryset.order_by("created_at", "pk")[: MAX_ACTION_JOBS + 1])
-        if len(letters) > MAX_ACTION_JOBS:
-            self.message_user(
-                request,
-                f"Select at most {MAX_ACTION_JOBS:,} dead letters to {verb}; narrow the filter.",
-                messages.ERROR,
-            )
-            return None
-        return letters
-
     def _report_skipped(self, request: HttpRequest, skipped: int) -> None:
         if skipped:
             self.message_user(
@@ -252,7 +198,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Replay selected open dead letters (as new jobs)", permissions=["operate"])
     def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        letters = self._selection(request, queryset.defer(None), "replay")
+        letters = self.selection(request, queryset.defer(None), "replay", "dead letters")
         if letters is None:
             return
         replayed = 0
@@ -297,7 +243,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Resolve selected open dead letters (nothing more to do)", permissions=["operate"])
     def resolve(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
-        letters = self._selection(request, queryset.only("id", "status"), "resolve")
+        letters = self.selection(request, queryset.only("id", "status"), "resolve", "dead letters")
         if letters is None:
             return
         by = request.user.get_username()
@@ -314,7 +260,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Alert)
-class AlertAdmin(ReadOnlyAdmin):
+class AlertAdmin(LargeTableAdmin):
     """Every alert recorded (dead letters, burst summaries, ops alerts): what was sent, where, whether it arrived."""
 
     list_display = ("created_at", "channel", "status", "count", "subject", "dead_letter_link", "sent_at", "duration_ms")
@@ -342,11 +288,11 @@ class AlertAdmin(ReadOnlyAdmin):
     def dead_letter_link(self, obj: Alert) -> str:
         if obj.dead_letter_id is None:
             return "- (not about one dead letter: a summary of a throttled burst, or an ops alert)"
-        return _dead_letter_link(obj.dead_letter_id)
+        return dead_letter_link(obj.dead_letter_id)
 
 
 @admin.register(AlertWindow)
-class AlertWindowAdmin(ReadOnlyAdmin):
+class AlertWindowAdmin(LargeTableAdmin):
     """Throttle state per (job type, error type): one alert per window, then a summary with the count."""
 
     list_display = ("key", "opened_at", "count", "reported", "unreported")

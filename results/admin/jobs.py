@@ -2,7 +2,7 @@
 
 Job rows are written by machines (submit, workers, the reaper) through the state machine in
 ``results.models``, so the admin never edits them: operators act on jobs only through the same
-calls the API uses (``tasks.submit.outbox.rerun`` and ``tasks.submit.outbox.cancel``).
+calls the API uses (``tasks.submit.actions.rerun`` and ``tasks.submit.actions.cancel``).
 
 Nothing on the change list scans the whole table: the paginator never runs a bare ``COUNT(*)``,
 the filters take their choices from code (the registry, settings), not ``SELECT DISTINCT``, and
@@ -12,37 +12,25 @@ search is exact-match on indexed columns.
 from __future__ import annotations
 
 import contextlib
-import json
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.contrib.admin.views.main import ChangeList
-from django.core.paginator import Paginator
-from django.db import connections
 from django.db.models import Q, QuerySet
 from django.urls import reverse
-from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import ngettext
 
+from results.admin.base import LargeTableAdmin, clean_search_term, job_link, pre, pretty_json
+from results.models import Job, Status
+from results.querysets import OPEN_STATUSES
 from tasks.runtime.types import job_types
 from tasks.submit.actions import cancel, rerun
 from tasks.submit.validation import SubmissionError
 
-from .models import Job, Membership, Status, Tenant
-from .querysets import OPEN_STATUSES
-
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
-
-#: Columns never loaded for the change list: they can be large and it shows none of them.
-LARGE_FIELDS = ("payload", "result", "traceback", "error_message")
-#: Longest JSON or traceback text rendered on a change page (the rest is cut, with a note).
-MAX_RENDERED_CHARS = 100_000
-#: Most jobs one retry or cancel action touches; a larger selection must be narrowed first.
-MAX_ACTION_JOBS = 1_000
 
 # The change page, every field read-only; JSON and the traceback through their display methods.
 IDENTITY_FIELDS = (
@@ -67,65 +55,6 @@ STATUS_COLORS = {
     Status.FAILED: "#dc3545",
     Status.CANCELLED: "#6f42c1",
 }
-
-
-class CheapCountPaginator(Paginator):
-    """A paginator whose count costs at most ``exact_count_limit`` rows, whatever the table size.
-
-    - Unfiltered on PostgreSQL: the planner's estimate (``pg_class.reltuples``, kept by
-      autovacuum/ANALYZE) when it is above the limit: no scan at all.
-    - Otherwise (filtered, SQLite, or a small/never-analyzed table): ``COUNT(*)`` over a
-      ``LIMIT exact_count_limit + 1`` subquery, so the count stops after that many rows and a
-      larger result reports the limit.
-
-    ``approximate`` tells the page to say the count is an estimate or a floor.
-    """
-
-    #: Counted exactly up to this many rows; beyond it the count is an estimate or a cap.
-    exact_count_limit = 10_000
-
-    approximate = False
-
-    @cached_property
-    def count(self) -> int:
-        estimate = self._table_estimate()
-        if estimate is not None and estimate > self.exact_count_limit:
-            self.approximate = True
-            return estimate
-        object_list = self.object_list
-        if not isinstance(object_list, QuerySet):
-            return len(object_list)
-        counted = object_list.order_by()[: self.exact_count_limit + 1].count()
-        if counted > self.exact_count_limit:
-            self.approximate = True
-            return self.exact_count_limit
-        return counted
-
-    def _table_estimate(self) -> int | None:
-        """PostgreSQL's row estimate for an unfiltered queryset's table; None if not applicable."""
-        qs = self.object_list
-        if not isinstance(qs, QuerySet) or qs.query.where or qs.query.distinct or qs.query.is_sliced:
-            return None
-        connection = connections[qs.db]
-        if connection.vendor != "postgresql":
-            return None
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)",
-                [connection.ops.quote_name(qs.model._meta.db_table)],
-            )
-            row = cursor.fetchone()
-        # -1 (PostgreSQL 14+) or 0: never vacuumed or analyzed, so no estimate to trust.
-        if row is None or row[0] is None or row[0] <= 0:
-            return None
-        return int(row[0])
-
-
-class JobChangeList(ChangeList):
-    """The change list's queryset, without the large columns it never shows."""
-
-    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Job]:
-        return super().get_queryset(request, exclude_parameters).defer(*LARGE_FIELDS)
 
 
 class JobTypeFilter(admin.SimpleListFilter):
@@ -154,30 +83,12 @@ class QueueFilter(admin.SimpleListFilter):
         return queryset.filter(queue=self.value()) if self.value() else queryset
 
 
-def _pretty_json(value: Any) -> str:
-    if value is None:
-        return "-"
-    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
-    return _pre(text)
-
-
-def _pre(text: str) -> str:
-    if not text:
-        return "-"
-    note = ""
-    if len(text) > MAX_RENDERED_CHARS:
-        note = f"\n… cut: {len(text) - MAX_RENDERED_CHARS} more characters"
-        text = text[:MAX_RENDERED_CHARS]
-    return format_html('<pre style="white-space: pre-wrap; margin: 0">{}{}</pre>', text, note)
-
-
-def _job_link(job_id: Any) -> str:
-    return format_html('<a href="{}">{}</a>', reverse("admin:results_job_change", args=[job_id]), job_id)
-
-
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(LargeTableAdmin):
     """Read-only job records with retry and cancel actions; tenant staff see only their tenant."""
+
+    large_fields = ("payload", "result", "traceback", "error_message")
+    operate_permission = "results.change_job"
 
     list_display = ("id", "type", "status_badge", "queue", "attempts", "tenant", "owner", "created_at", "finished_at")
     list_filter = ("status", JobTypeFilter, QueueFilter, ("created_at", admin.DateFieldListFilter))
@@ -187,10 +98,6 @@ class JobAdmin(admin.ModelAdmin):
     # Shown for the search box; the search itself is get_search_results (exact, indexed).
     search_fields = ("id", "correlation_id", "idempotency_key")
     search_help_text = "Exact job id, correlation id or idempotency key."
-    paginator = CheapCountPaginator
-    show_full_result_count = False
-    show_facets = admin.ShowFacets.NEVER
-    list_per_page = 50
     actions = ("retry", "cancel")
     fieldsets = (
         (None, {"fields": IDENTITY_FIELDS}),
@@ -206,9 +113,6 @@ class JobAdmin(admin.ModelAdmin):
         """Superusers and staff without a tenant see every job; staff who act for a tenant its jobs."""
         return super().get_queryset(request).select_related("tenant", "owner").visible_to(request.user)
 
-    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return JobChangeList
-
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Job], search_term: str
     ) -> tuple[QuerySet[Job], bool]:
@@ -217,7 +121,7 @@ class JobAdmin(admin.ModelAdmin):
         The default admin search would run ``icontains`` (or ``CAST(id AS text)`` for the UUID key),
         which no index serves: a scan of every row per search.
         """
-        term = search_term.strip().strip("\"'").strip()
+        term = clean_search_term(search_term)
         if not term:
             return queryset, False
         by_key = Q(correlation_id=term)
@@ -239,22 +143,6 @@ class JobAdmin(admin.ModelAdmin):
             else:
                 response.context_data["subtitle"] = f"More than {limit:,} jobs match: pages stop at {limit:,}"
         return response
-
-    # -- permissions: a read-only record -------------------------------------------------------
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
-        # Not even for superusers: the row is what API clients poll and the attempts' audit trail;
-        # deleting an open job orphans its broker message. Retention deletes in batches instead.
-        return False
-
-    def has_operate_permission(self, request: HttpRequest) -> bool:
-        """Retry and cancel need the model's change permission (the form itself stays read-only)."""
-        return request.user.has_perm("results.change_job")
 
     # -- columns -------------------------------------------------------------------------------
     @admin.display(description="status")
@@ -297,19 +185,19 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.display(description="payload")
     def payload_pretty(self, obj: Job) -> str:
-        return _pretty_json(obj.payload)
+        return pretty_json(obj.payload)
 
     @admin.display(description="result")
     def result_pretty(self, obj: Job) -> str:
-        return _pretty_json(obj.result)
+        return pretty_json(obj.result)
 
     @admin.display(description="traceback")
     def traceback_pre(self, obj: Job) -> str:
-        return _pre(obj.traceback)
+        return pre(obj.traceback)
 
     @admin.display(description="retry of")
     def retry_of_link(self, obj: Job) -> str:
-        return _job_link(obj.retry_of_id) if obj.retry_of_id else "-"
+        return job_link(obj.retry_of_id) if obj.retry_of_id else "-"
 
     @admin.display(description="re-run as")
     def reruns_links(self, obj: Job) -> str:
@@ -321,20 +209,10 @@ class JobAdmin(admin.ModelAdmin):
         )
 
     # -- actions -------------------------------------------------------------------------------
-    def _selection(self, request: HttpRequest, queryset: QuerySet[Job], verb: str) -> list[Job] | None:
-        """The selected jobs (one query), or None with an error message if there are too many."""
-        jobs = list(queryset.order_by("created_at")[: MAX_ACTION_JOBS + 1])
-        if len(jobs) > MAX_ACTION_JOBS:
-            self.message_user(
-                request, f"Select at most {MAX_ACTION_JOBS:,} jobs to {verb}; narrow the filter.", messages.ERROR
-            )
-            return None
-        return jobs
-
     @admin.action(description="Retry selected failed or cancelled jobs (as new jobs)", permissions=["operate"])
     def retry(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         # defer(None): rerun() needs the payload the change list leaves out.
-        jobs = self._selection(request, queryset.defer(None), "retry")
+        jobs = self.selection(request, queryset.defer(None), "retry", "jobs")
         if jobs is None:
             return
         retried = 0
@@ -377,7 +255,8 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected jobs that are not finished", permissions=["operate"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        jobs = self._selection(request, queryset.select_related(None).only("id", "type", "status"), "cancel")
+        selected = queryset.select_related(None).only("id", "type", "status")
+        jobs = self.selection(request, selected, "cancel", "jobs")
         if jobs is None:
             return
         reason = f"cancelled by {request.user.get_username()} in the admin"
@@ -400,44 +279,3 @@ class JobAdmin(admin.ModelAdmin):
                 % {"count": skipped},
                 messages.WARNING,
             )
-
-
-class SuperuserOnlyAdmin(admin.ModelAdmin):
-    """Who belongs to which tenant decides what everyone sees: only superusers see or change it.
-
-    Model permissions are not enough: staff acting for a tenant with ``change_membership`` could
-    move themselves into another tenant, and ``view_tenant`` would list every customer.
-    """
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-
-@admin.register(Tenant)
-class TenantAdmin(SuperuserOnlyAdmin):
-    list_display = ("name", "created_at")
-    search_fields = ("name",)
-
-
-@admin.register(Membership)
-class MembershipAdmin(SuperuserOnlyAdmin):
-    list_display = ("user", "tenant")
-    list_select_related = ("user", "tenant")
-    search_fields = ("user__username", "tenant__name")
-    raw_id_fields = ("user", "tenant")
-
-
-import results.admin_crons  # noqa: E402,F401  (registers the schedule, cron run, health and metrics admins)
-from results import admin_dead_letters  # noqa: E402,F401  (registers the dead-letter, alert and throttle admins)

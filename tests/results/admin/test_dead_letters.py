@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from results.admin import CheapCountPaginator
+from results.admin.base import CheapCountPaginator
 from results.models import (
     Alert,
     AlertStatus,
@@ -321,9 +321,7 @@ def test_resolve_action_resolves_open_ones_records_who_and_reports_skipped(admin
 
 @pytest.mark.django_db
 def test_an_action_refuses_a_selection_above_its_limit(admin_client, monkeypatch):
-    import results.admin_dead_letters as module
-
-    monkeypatch.setattr(module, "MAX_ACTION_JOBS", 2)
+    monkeypatch.setattr("results.admin.base.MAX_ACTION_ROWS", 2)
     letters = [letter() for _ in range(3)]
     [message] = messages_of(run_action(admin_client, "resolve", letters))
     assert message == "Select at most 2 dead letters to resolve; narrow the filter."

@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from results.admin import CheapCountPaginator
+from results.admin.base import CheapCountPaginator
 from results.models import AttemptOutcome, Job, JobAttempt, Membership, Status, Tenant
 from tests.helpers import wait_terminal
 
@@ -364,7 +364,7 @@ def test_cancel_action_message_is_singular_for_one_job(admin_client):
 @pytest.mark.parametrize("action", ["retry", "cancel"])
 def test_an_action_refuses_a_selection_above_its_limit(admin_client, monkeypatch, action):
     # Given a limit of 2 jobs per action and 3 matching jobs, all selected with "select all"
-    monkeypatch.setattr("results.admin.MAX_ACTION_JOBS", 2)
+    monkeypatch.setattr("results.admin.base.MAX_ACTION_ROWS", 2)
     jobs = [make_job(status=Status.FAILED if action == "retry" else Status.QUEUED) for _ in range(3)]
     response = admin_client.post(
         CHANGELIST,

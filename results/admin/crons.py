@@ -1,9 +1,9 @@
 """Operator admin for the crons: the schedule (read-only, from code), their runs, health, canaries, metrics.
 
-The schedule is declared in tasks/crons/beat.py, not in the database: it is reviewed and versioned
-with the code that runs it, and every process reads the same one. This admin shows it, with each
-cron's last run and skip count, above the run history; nothing here is editable. Registered by
-``results/admin.py`` (one import line).
+The schedule is declared in code (one ``@cron`` per cron, tasks/crons/), not in the database: it is
+reviewed and versioned with the code that runs it, and every process reads the same one. This admin
+shows it, as the registry has it (tasks.crons.beat.load), with each cron's last run and skip count,
+above the run history; nothing here is editable.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from django.contrib import admin
 from django.db.models import Count
 from django.utils.html import format_html
 
+from results.admin.base import ReadOnlyAdmin, pre, pretty_json
+from results.models import CronRun, CronRunStatus, HealthState, MetricsRollup, QueueCanary
 from tasks.crons.beat import load, next_run
-
-from .admin import _pre, _pretty_json
-from .models import CronRun, CronRunStatus, HealthState, MetricsRollup, QueueCanary
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
@@ -28,19 +27,6 @@ RUN_COLORS = {
     CronRunStatus.FAILED: "#dc3545",
     CronRunStatus.SKIPPED: "#b8860b",
 }
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Machine-written rows: viewable, never added, edited or deleted by hand."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(CronRun)
@@ -66,18 +52,18 @@ class CronRunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="result")
     def result_pretty(self, run: CronRun) -> str:
-        return _pretty_json(run.result)
+        return pretty_json(run.result)
 
     @admin.display(description="traceback")
     def traceback_pre(self, run: CronRun) -> str:
-        return _pre(run.traceback)
+        return pre(run.traceback)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         return super().changelist_view(request, {**(extra_context or {}), "schedule": schedule_rows()})
 
 
 def schedule_rows() -> list[dict[str, Any]]:
-    """One row per cron in tasks/crons/beat.py: interval, next send, last run, skips, health."""
+    """One row per registered cron: interval, next send, last run, skips, health."""
     crons = load()
     skipped = dict(
         CronRun.objects.filter(status=CronRunStatus.SKIPPED).values_list("cron").annotate(n=Count("pk")).order_by()
@@ -117,7 +103,7 @@ class HealthStateAdmin(ReadOnlyAdmin):
 
     @admin.display(description="detail")
     def detail_pretty(self, state: HealthState) -> str:
-        return _pretty_json(state.detail)
+        return pretty_json(state.detail)
 
 
 @admin.register(QueueCanary)
