@@ -1,4 +1,4 @@
-"""``manage.py fleet <verb>``: look at and steer a fleet of workers (docs/RUNBOOK.md has the recipes).
+"""``manage.py fleet <verb>``: look at and steer a fleet of workers (docs/operations.md has the recipes).
 
     fleet queues                      messages waiting, consumers, running and oldest queued job per queue
     fleet workers [--worker NAME]     every worker that answers: queues, pool size, jobs running and held
