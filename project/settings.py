@@ -236,6 +236,8 @@ TERMINUS_LONG_POLL_MAX = env_int("TERMINUS_LONG_POLL_MAX", 60, minimum=0)
 TERMINUS_QUEUES = env_list("TERMINUS_QUEUES", ["default", "slow"])
 TERMINUS_MAX_PAYLOAD_BYTES = env_int("TERMINUS_MAX_PAYLOAD_BYTES", 256 * 1024, minimum=1)
 TERMINUS_MAX_BULK = env_int("TERMINUS_MAX_BULK", 1000, minimum=1)  # jobs per POST /api/jobs/bulk/
+# A job's result above this (as JSON) is stored as a marker with its size and a preview (results/storable.py).
+TERMINUS_MAX_RESULT_BYTES = env_int("TERMINUS_MAX_RESULT_BYTES", 1024 * 1024, minimum=1024)
 TERMINUS_MAX_COUNTDOWN = env_int("TERMINUS_MAX_COUNTDOWN", 3600, minimum=0)
 TERMINUS_DEFAULT_TIME_LIMIT = env_int("TERMINUS_DEFAULT_TIME_LIMIT", 300, minimum=1)
 TERMINUS_DEFAULT_SOFT_TIME_LIMIT = env_int("TERMINUS_DEFAULT_SOFT_TIME_LIMIT", 270, minimum=1)
@@ -257,6 +259,9 @@ TERMINUS_JOB_MODULES = env_list(
 # diagnostics.fail's hard time limit (its soft limit is one second less); tests shorten it.
 TERMINUS_DIAGNOSTICS_TIME_LIMIT = env_int("TERMINUS_DIAGNOSTICS_TIME_LIMIT", 60, minimum=2)
 TERMINUS_WEBHOOK_TIMEOUT = env_float("TERMINUS_WEBHOOK_TIMEOUT", 10.0, minimum=0.1)
+# Jobs that call a URL a user gave (webhook.deliver) reach public addresses only; list internal
+# receivers here: networks (10.1.0.0/16) and host names, comma-separated (tasks/runtime/outbound.py).
+TERMINUS_OUTBOUND_ALLOW = env_list("TERMINUS_OUTBOUND_ALLOW", [])
 
 # Dead letters and alerts
 TERMINUS_BASE_URL = env_str("TERMINUS_BASE_URL", "http://127.0.0.1:8000").rstrip("/")

@@ -20,6 +20,7 @@ from django.core.cache import cache
 from tests import factories
 from tests.alert_sink import AlertSink
 from tests.helpers import ARTIFACTS, WorkerProcess, alerting_env, broker_kind, purge_broker, quiesce
+from tests.receivers import Receiver, start_receiver
 
 
 @pytest.fixture(scope="session")
@@ -133,3 +134,18 @@ def bob(make_user: Callable[..., User]) -> User:
 def staff(make_user: Callable[..., User]) -> User:
     """Staff acting for no tenant: sees every tenant."""
     return make_user("root", staff=True)
+
+
+# -- HTTP receivers on loopback (tests/receivers.py) ----------------------------------------------
+@pytest.fixture
+def receiver() -> Iterator[Callable[..., Receiver]]:
+    """Factory: ``receiver(200)`` or ``receiver(500, 500, 200)`` starts one on an ephemeral port."""
+    started: list[Receiver] = []
+
+    def start(*script: Any) -> Receiver:
+        started.append(start_receiver(*script))
+        return started[-1]
+
+    yield start
+    for recv in started:
+        recv.stop()

@@ -23,6 +23,7 @@ from django.utils import timezone
 from results import fastpath
 from results.models.tenants import Tenant
 from results.querysets import JobQuerySet
+from results.storable import storable_json, storable_text, storable_traceback
 
 
 class Status(models.TextChoices):
@@ -314,11 +315,12 @@ class Job(models.Model):
         if progress is not None:
             fields["progress"] = min(1.0, max(0.0, float(progress)))
         if message is not None:
-            fields["progress_message"] = message[:200]
+            fields["progress_message"] = storable_text(message, 200)
         return Job.objects.filter(pk=self.pk, status=Status.RUNNING).update(**fields) == 1
 
     def mark_retrying(self, *, error_type: str, error_message: str, next_retry_at: datetime) -> bool:
         """Record a transient failure; the attempt is closed and the next one scheduled."""
+        error_type, error_message = storable_text(error_type, 200), storable_text(error_message)
         return (
             self._move(
                 Status.RETRYING,
@@ -332,6 +334,8 @@ class Job(models.Model):
         )
 
     def mark_succeeded(self, *, result: Any) -> bool:
+        """Record the result (made storable: results.storable); False if the job was no longer running."""
+        result = storable_json(result)
         if connection.vendor == "postgresql":
             return fastpath.succeed(self._meta.db_table, self.pk, result)
         return (
@@ -353,13 +357,14 @@ class Job(models.Model):
 
     def mark_failed(self, *, error_type: str, error_message: str, traceback: str = "") -> bool:
         """Fail for good, from any open state (worker, main process after a hard time limit, reaper)."""
+        error_type, error_message = storable_text(error_type, 200), storable_text(error_message)
         return (
             self._move(
                 Status.FAILED,
                 (AttemptOutcome.FAILED, error_type, error_message),
-                error_type=error_type[:200],
+                error_type=error_type,
                 error_message=error_message,
-                traceback=traceback,
+                traceback=storable_traceback(traceback),
                 finished_at=Now(),
                 next_retry_at=None,
             )
@@ -367,6 +372,7 @@ class Job(models.Model):
         )
 
     def mark_cancelled(self, *, reason: str = "cancelled") -> bool:
+        reason = storable_text(reason)
         return (
             self._move(
                 Status.CANCELLED,
@@ -417,7 +423,7 @@ class Job(models.Model):
         if not error:
             fields: dict[str, Any] = {"terminal_hook": HookState.DONE, "terminal_hook_error": ""}
         else:
-            fields = {"terminal_hook_error": error[:10_000], "terminal_hook_tried_at": None}
+            fields = {"terminal_hook_error": storable_text(error), "terminal_hook_tried_at": None}
             if give_up:
                 fields["terminal_hook"] = HookState.GAVE_UP
         return Job.objects.filter(pk=self.pk, terminal_hook=HookState.PENDING).update(**fields) == 1

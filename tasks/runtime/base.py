@@ -16,7 +16,7 @@ from celery.contrib.django.task import DjangoTask
 from celery.exceptions import Ignore, Reject, Retry
 from celery.signals import task_failure, task_revoked
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from project.logging import bind_job
@@ -115,7 +115,13 @@ class TrackedTask(DjangoTask):
 
     def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
         """Record the result; a job cancelled meanwhile keeps its cancelled state."""
-        won = durable(lambda: Job(id=task_id).mark_succeeded(result=retval), what=f"the result of {task_id}")
+        try:
+            won = durable(lambda: Job(id=task_id).mark_succeeded(result=retval), what=f"the result of {task_id}")
+        except (DatabaseError, ValueError, TypeError) as exc:
+            if isinstance(exc, OperationalError | InterfaceError):
+                raise  # the database is away: not the result's fault
+            self._fail_unstorable(task_id, exc)
+            return
         if not won:
             logger.warning("job %s finished but was no longer running; result discarded", task_id)
         else:
@@ -135,6 +141,18 @@ class TrackedTask(DjangoTask):
             dead_letter_job(task_id, reason=reason_for(error_type, retryable=self._retryable(exc)))
             if self.request.id == task_id:  # in the pool child; the main process (hard limit) leaves it to the reaper
                 self._run_terminal_hook(task_id)
+
+    def _fail_unstorable(self, task_id: str, exc: BaseException) -> None:
+        """The result could not be written even once made storable: fail the job saying why, never leave it open."""
+        logger.error("job %s: its result could not be stored (%s); failing it", task_id, exc)
+        message = f"the job finished but its result could not be stored: {type(exc).__name__}: {exc}"
+        won = durable(
+            lambda: Job(id=task_id).mark_failed(error_type="ResultNotStorable", error_message=message),
+            what=f"the failure of {task_id}",
+        )
+        if won:
+            dead_letter_job(task_id, reason=DeadLetterReason.NON_RETRYABLE)
+            self._run_terminal_hook(task_id)
 
     def _run_terminal_hook(self, task_id: str) -> None:
         """The job type's on_terminal hook, right after this worker's terminal transition.
