@@ -53,6 +53,8 @@ def bench_env(*, log_level: str = "WARNING", db_reuse_max: int = 1000, **extra: 
         CELERY_DB_REUSE_MAX=str(db_reuse_max),
         # The API benchmark measures the server, not the throttle (a batch spends one per job).
         TERMINUS_SUBMIT_RATE="100000000/min",
+        # The API benchmark's tenant user submits diagnostics.sleep, staff-only by default.
+        TERMINUS_DIAGNOSTICS_AUDIENCE="everyone",
         PYTHONDONTWRITEBYTECODE="1",
     )
     env.update(extra)

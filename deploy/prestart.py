@@ -34,7 +34,7 @@ def log(message: str) -> None:
 def refuse_placeholders() -> None:
     if os.environ.get("TERMINUS_ENV") != "production":
         return
-    names = ("SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL")
+    names = ("SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "TERMINUS_METRICS_TOKEN")
     left = [name for name in names if PLACEHOLDER in os.environ.get(name, "")]
     if left:
         raise SystemExit(f"prestart: replace the {PLACEHOLDER} placeholder in {', '.join(left)} with real values")

@@ -150,6 +150,10 @@ STATIC_ROOT.mkdir(exist_ok=True)
 # django-storages) so that web and every worker see the same files.
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 MEDIA_URL = "media/"
+# Job output (exports of a tenant's jobs) is private: owner-only files in owner-only folders,
+# whatever the process umask (FileSystemStorage applies both when it writes).
+FILE_UPLOAD_PERMISSIONS = 0o600
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 
 # ---------------------------------------------------------------------------------------------
 # Database
@@ -256,6 +260,11 @@ TERMINUS_JOB_MODULES = env_list(
     "TERMINUS_JOB_MODULES",
     ["tasks.jobs.diagnostics", "tasks.jobs.webhook", "tasks.jobs.export"],
 )
+# Who may submit the diagnostics job types (they can crash, fill and hold a worker): everyone, staff,
+# superuser or nobody. Off in production unless set; code (drills, benchmarks) may always submit them.
+TERMINUS_DIAGNOSTICS_AUDIENCE = env_str("TERMINUS_DIAGNOSTICS_AUDIENCE", "nobody" if PRODUCTION else "staff")
+if TERMINUS_DIAGNOSTICS_AUDIENCE not in {"everyone", "staff", "superuser", "nobody"}:
+    raise ImproperlyConfigured("TERMINUS_DIAGNOSTICS_AUDIENCE must be everyone, staff, superuser or nobody")
 # diagnostics.fail's hard time limit (its soft limit is one second less); tests shorten it.
 TERMINUS_DIAGNOSTICS_TIME_LIMIT = env_int("TERMINUS_DIAGNOSTICS_TIME_LIMIT", 60, minimum=2)
 TERMINUS_WEBHOOK_TIMEOUT = env_float("TERMINUS_WEBHOOK_TIMEOUT", 10.0, minimum=0.1)
@@ -423,6 +432,8 @@ TERMINUS_READY_BEAT_MAX_AGE = env_int("TERMINUS_READY_BEAT_MAX_AGE", max(180, 3 
 TERMINUS_READY_DLQ_MAX_OPEN = env_int("TERMINUS_READY_DLQ_MAX_OPEN", 1000, minimum=0)
 TERMINUS_READY_DLQ_MAX_AGE = env_int("TERMINUS_READY_DLQ_MAX_AGE", 86400, minimum=1)
 TERMINUS_READY_DEADLINE_GRACE = env_int("TERMINUS_READY_DEADLINE_GRACE", 2 * TERMINUS_REAPER_INTERVAL, minimum=0)
+# /readyz shares its answer this long (0: every call runs the checks, pinging every worker).
+TERMINUS_READY_CACHE_SECONDS = env_int("TERMINUS_READY_CACHE_SECONDS", 5, minimum=0)
 # Retention (days) and how cleanup deletes: rows per transaction, seconds per run.
 TERMINUS_RETENTION_SUCCEEDED_DAYS = env_int("TERMINUS_RETENTION_SUCCEEDED_DAYS", 7, minimum=1)
 TERMINUS_RETENTION_FAILED_DAYS = env_int("TERMINUS_RETENTION_FAILED_DAYS", 30, minimum=1)
@@ -456,8 +467,16 @@ LOGGING = logging_config(level=LOG_LEVEL, fmt=LOG_FORMAT)
 # ---------------------------------------------------------------------------------------------
 # Metrics (GET /metrics; results/ops/metrics.py)
 # ---------------------------------------------------------------------------------------------
-# Cluster-internal by default; set a token to require "Authorization: Bearer <token>".
+# /metrics requires "Authorization: Bearer <token>" when a token is set (its bearer also gets
+# /readyz's details). Production refuses to start without one, unless TERMINUS_METRICS_PUBLIC says
+# /metrics is served on a network only Prometheus reaches: it shows job counts, queues and workers.
 TERMINUS_METRICS_TOKEN = env_str("TERMINUS_METRICS_TOKEN")
+TERMINUS_METRICS_PUBLIC = env_bool("TERMINUS_METRICS_PUBLIC", False)
+if PRODUCTION and not TERMINUS_METRICS_TOKEN and not TERMINUS_METRICS_PUBLIC:
+    raise ImproperlyConfigured(
+        "TERMINUS_METRICS_TOKEN is required when TERMINUS_ENV=production (or TERMINUS_METRICS_PUBLIC=true "
+        "to serve /metrics without one, on a network only Prometheus reaches)"
+    )
 # Counting terminal jobs scans the job table (about 0.2 s per million rows): share that count
 # through the cache for this long (0: count on every scrape). Open jobs are always counted live.
 TERMINUS_METRICS_CACHE_SECONDS = env_int("TERMINUS_METRICS_CACHE_SECONDS", 60, minimum=0)

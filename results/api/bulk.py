@@ -89,7 +89,11 @@ class BulkSubmitView(APIView):
             raise ValidationError({name: ["unknown field; allowed: jobs"] for name in unknown})
         correlation_id = correlation_id_from(request)
         jobs = submit_many(
-            body.get("jobs"), owner=request.user, tenant=tenant_of(request.user), correlation_id=correlation_id
+            body.get("jobs"),
+            owner=request.user,
+            tenant=tenant_of(request.user),
+            correlation_id=correlation_id,
+            by=request.user,
         )
         # One reverse() for the batch: the detail URL differs only by the id.
         url = reverse("api-job-detail", kwargs={"pk": str(jobs[0].pk)}).replace(str(jobs[0].pk), "{}")

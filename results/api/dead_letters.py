@@ -355,7 +355,9 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
         try:
             # The original job's owner keeps the replay (so its users see it); a message with no
             # job (staff-only) is owned by whoever replays it.
-            job, created = replay(letter, payload=payload, owner=None if letter.job_id else request.user)
+            job, created = replay(
+                letter, payload=payload, owner=None if letter.job_id else request.user, by=request.user
+            )
         except ReplayError as exc:
             current = DeadLetter.objects.filter(pk=letter.pk).values_list("status", flat=True).first()
             raise Conflict({"status" if current != DeadLetterStatus.OPEN else "type": [str(exc)]}) from None

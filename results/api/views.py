@@ -25,7 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from results.models import Job, Status
-from tasks.runtime.types import job_types
+from tasks.runtime.types import job_types_for
 from tasks.submit.actions import cancel, rerun
 from tasks.submit.outbox import submit_or_get
 from tasks.submit.validation import SubmissionError
@@ -290,6 +290,7 @@ class JobViewSet(viewsets.GenericViewSet):
             queue=data.get("queue"),
             countdown=data.get("countdown"),
             correlation_id=self.correlation_id,
+            by=request.user,
         )
         self.correlation_id = job.correlation_id
         job = self.get_job(str(job.pk))  # as stored: dispatched_at is set once the broker took it
@@ -363,7 +364,7 @@ class JobViewSet(viewsets.GenericViewSet):
         if job.status not in RETRYABLE_STATUSES:
             raise Conflict({"status": [f"the job is {job.status}; only failed or cancelled jobs can be retried"]})
         try:
-            new_job = rerun(job, owner=request.user)
+            new_job = rerun(job, owner=request.user, by=request.user)
         except SubmissionError as exc:  # e.g. its type or queue no longer exists
             raise Conflict(exc.errors) from None
         new_job = self.get_job(str(new_job.pk))
@@ -381,7 +382,7 @@ class JobTypeListView(APIView):
         responses={200: JobTypeSerializer(many=True), **error_responses(401)},
     )
     def get(self, request: Request) -> Response:
-        return Response(JobTypeSerializer(list(job_types().values()), many=True).data)
+        return Response(JobTypeSerializer(list(job_types_for(request.user).values()), many=True).data)
 
 
 @extend_schema(exclude=True)

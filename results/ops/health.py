@@ -1,9 +1,14 @@
 """Probes: ``/healthz`` says the process is alive; ``/readyz`` says whether the system can do its job."""
 
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from results.ops.access import sees_details
 from tasks.fleet.readiness import CHECKS, readiness
 
 
@@ -23,10 +28,31 @@ def readyz(request: HttpRequest) -> JsonResponse:
     ``?check=database&check=broker`` (or ``?check=database,broker``) runs only those, e.g. for a
     load balancer that should keep sending API traffic while the broker is down (submissions are
     recorded and published later). Each verdict change alerts once (tasks.fleet.readiness.record).
+    Anonymous callers get the verdict only; staff and the metrics token's bearer get every check.
     """
     asked = [name for value in request.GET.getlist("check") for name in value.split(",") if name]
     unknown = sorted(set(asked) - set(CHECKS))
     if unknown:
         return JsonResponse({"error": f"unknown check(s) {', '.join(unknown)}; known: {', '.join(CHECKS)}"}, status=400)
-    body = readiness(tuple(name for name in CHECKS if name in asked) if asked else CHECKS, background_alerts=True)
-    return JsonResponse(body, status=200 if body["status"] == "ok" else 503)
+    body = cached_readiness(tuple(name for name in CHECKS if name in asked) if asked else CHECKS)
+    status = 200 if body["status"] == "ok" else 503
+    if not sees_details(request):
+        # Node names, the database vendor and error strings are for operators, not for anyone.
+        return JsonResponse({"status": body["status"]}, status=status)
+    return JsonResponse(body, status=status)
+
+
+def cached_readiness(names: tuple[str, ...]) -> dict[str, Any]:
+    """The checks' answer, shared for TERMINUS_READY_CACHE_SECONDS through the cache.
+
+    Each run pings every worker and writes the verdicts: without this, every probe (and anyone
+    calling /readyz in a loop) would fan out to the whole fleet.
+    """
+    seconds = settings.TERMINUS_READY_CACHE_SECONDS
+    key = "terminus:readyz:" + ",".join(names)
+    body = cache.get(key) if seconds else None
+    if body is None:
+        body = readiness(names, background_alerts=True)
+        if seconds:
+            cache.set(key, body, seconds)
+    return body

@@ -16,7 +16,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.generic import TemplateView
 
 from results.models import Job
-from tasks.runtime.types import job_types
+from tasks.runtime.types import job_types_for
 
 #: The value an example payload shows for a required field without a default, by JSON type.
 EMPTY_BY_JSON_TYPE: dict[str, Any] = {
@@ -63,6 +63,6 @@ class JobsPageView(LoginRequiredMixin, TemplateView):
                 "max_retries": job_type.retry.max_retries,
                 "example": example_payload(job_type.input.model_json_schema()),
             }
-            for job_type in job_types().values()
+            for job_type in job_types_for(self.request.user).values()
         ]
         return context

@@ -18,6 +18,12 @@ from tasks.runtime.base import TrackedTask
 from tasks.runtime.errors import PermanentError, TransientError
 from tasks.runtime.registry import job
 from tasks.runtime.retry import RetryPolicy
+from tasks.runtime.types import Audience
+
+
+def audience() -> Audience:
+    """Diagnostics can crash, fill and hold a worker: TERMINUS_DIAGNOSTICS_AUDIENCE (staff; nobody in production)."""
+    return Audience(settings.TERMINUS_DIAGNOSTICS_AUDIENCE)
 
 
 class SleepInput(BaseModel):
@@ -37,6 +43,7 @@ _LEAKS: list[bytearray] = []
     input=SleepInput,
     time_limit=settings.TERMINUS_MAX_TIME_LIMIT,
     soft_time_limit=max(1, settings.TERMINUS_MAX_TIME_LIMIT - 1),
+    audience=audience,
 )
 def sleep(task: TrackedTask, data: SleepInput) -> dict[str, float]:
     """Sleep for ``seconds`` reporting progress; idempotent (no side effects)."""
@@ -77,6 +84,7 @@ class FailInput(BaseModel):
     input=FailInput,
     time_limit=settings.TERMINUS_DIAGNOSTICS_TIME_LIMIT,
     soft_time_limit=max(1, settings.TERMINUS_DIAGNOSTICS_TIME_LIMIT - 1),
+    audience=audience,
 )
 def fail(task: TrackedTask, data: FailInput) -> dict[str, int]:
     """Fail as told; counts attempts by the job's own record, so it is safe to redeliver."""
@@ -130,6 +138,7 @@ def record_terminal(job: Any) -> None:
     time_limit=settings.TERMINUS_DIAGNOSTICS_TIME_LIMIT,
     soft_time_limit=max(1, settings.TERMINUS_DIAGNOSTICS_TIME_LIMIT - 1),
     on_terminal=record_terminal,
+    audience=audience,
 )
 def hooked(task: TrackedTask, data: HookedInput) -> dict[str, float]:
     """Run ``seconds`` then succeed or fail; its on_terminal hook records how it ended (idempotent)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import tempfile
@@ -128,5 +129,16 @@ def export_jobs(task: TrackedTask, data: ExportInput) -> dict[str, Any]:
         if default_storage.exists(name):
             default_storage.delete(name)
         saved = default_storage.save(name, File(out, name=Path(name).name))
+    _owner_only_folder(saved)
     task.heartbeat(progress=1.0, message=f"{written} jobs exported")
     return {"path": saved, "rows": written, "format": data.format, "bytes": size}
+
+
+def _owner_only_folder(saved: str) -> None:
+    """The folder of a saved export is the owner's only, even if it was created before with a wider mode.
+
+    The file itself is written 0600 (FILE_UPLOAD_PERMISSIONS); storages that are not on this
+    filesystem (object stores) have no folder modes, and keep their own access control.
+    """
+    with contextlib.suppress(NotImplementedError):
+        Path(default_storage.path(saved)).parent.chmod(0o700)

@@ -7,7 +7,7 @@ The name is wire protocol (messages, the API, the DLQ and ops scripts use it): n
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from celery import shared_task
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from tasks.runtime.base import TrackedTask
 from tasks.runtime.retry import RetryPolicy
-from tasks.runtime.types import JobType, get_job_type, register
+from tasks.runtime.types import Audience, JobType, get_job_type, register
 
 
 def job(
@@ -28,6 +28,8 @@ def job(
     time_limit: int | None = None,
     soft_time_limit: int | None = None,
     on_terminal: Callable[[Any], Any] | None = None,
+    audience: Audience | Callable[[], Audience] = Audience.EVERYONE,
+    tenants: Iterable[str] = (),
 ) -> Callable[[Callable[..., Any]], TrackedTask]:
     """Register ``fn(task, data)`` as job type ``name``; ``data`` is the validated ``input``.
 
@@ -80,6 +82,8 @@ def job(
                 description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
                 task=task,
                 on_terminal=on_terminal,
+                audience=audience,
+                tenants=frozenset(tenants),
             )
         )
         return task

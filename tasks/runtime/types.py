@@ -8,7 +8,8 @@ the task base class, which itself runs hooks that look job types up.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from celery import Task
@@ -16,6 +17,19 @@ from django.conf import settings
 from pydantic import BaseModel
 
 from tasks.runtime.retry import RetryPolicy
+
+
+class Audience(StrEnum):
+    """Who may submit a job type through the API, the bulk API and the watch page (code always may)."""
+
+    #: Every signed-in user (within ``JobType.tenants`` when that is set).
+    EVERYONE = "everyone"
+    #: Staff and superusers: job types that can harm a worker (diagnostics: crash, leak, hold it).
+    STAFF = "staff"
+    #: Superusers only.
+    SUPERUSER = "superuser"
+    #: No one: the type exists for code and for messages already queued (diagnostics in production).
+    NOBODY = "nobody"
 
 
 @dataclass(frozen=True)
@@ -30,6 +44,25 @@ class JobType:
     task: Task
     #: Runs after every terminal transition of a job of this type, at least once (tasks.runtime.hooks).
     on_terminal: Callable[[Any], Any] | None = None
+    #: Who may submit it through a face (tasks.submit takes ``by=`` the acting user): an Audience, or
+    #: a function returning one when it is read (diagnostics follow TERMINUS_DIAGNOSTICS_AUDIENCE).
+    audience: Audience | Callable[[], Audience] = Audience.EVERYONE
+    #: When set, only users acting for one of these tenants (by name) may submit it; superusers always.
+    tenants: frozenset[str] = field(default_factory=frozenset)
+
+    def allows(self, user: Any) -> bool:
+        """May ``user`` (signed in) submit a job of this type? Superusers may submit anything but NOBODY's."""
+        audience = self.audience() if callable(self.audience) else self.audience
+        if user is None or not getattr(user, "is_authenticated", False) or audience == Audience.NOBODY:
+            return False
+        if user.is_superuser:
+            return True
+        if audience == Audience.SUPERUSER or (audience == Audience.STAFF and not user.is_staff):
+            return False
+        if self.tenants:
+            membership = getattr(user, "membership", None)
+            return membership is not None and membership.tenant.name in self.tenants
+        return True
 
     def deadline_budget(self, countdown: float = 0) -> float:
         """Seconds a job of this type may take, from submit to terminal, before it is overdue."""
@@ -46,6 +79,11 @@ def get_job_type(name: str) -> JobType | None:
 
 def job_types() -> dict[str, JobType]:
     return dict(sorted(_REGISTRY.items()))
+
+
+def job_types_for(user: Any) -> dict[str, JobType]:
+    """The job types ``user`` may submit (``GET /api/job-types/``, the watch page)."""
+    return {name: job_type for name, job_type in job_types().items() if job_type.allows(user)}
 
 
 def register(job_type: JobType) -> None:

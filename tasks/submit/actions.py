@@ -35,8 +35,11 @@ def cancel(job: Job, *, reason: str = "cancelled by request") -> bool:
     return True
 
 
-def rerun(job: Job, *, owner: AbstractBaseUser | None = None) -> Job:
-    """Run a failed or cancelled job again as a new job linked to the original."""
+def rerun(job: Job, *, owner: AbstractBaseUser | None = None, by: AbstractBaseUser | None = None) -> Job:
+    """Run a failed or cancelled job again as a new job linked to the original.
+
+    ``by``: the user asking through a face; the job type's audience applies to a rerun as to a submission.
+    """
     if job.status not in (Status.FAILED, Status.CANCELLED):
         raise SubmissionError({"status": [f"only failed or cancelled jobs can be retried; this one is {job.status}"]})
     return submit(
@@ -48,6 +51,7 @@ def rerun(job: Job, *, owner: AbstractBaseUser | None = None) -> Job:
         correlation_id=job.correlation_id,
         retry_of=job,
         idempotency_key=f"rerun-of-{job.pk}",  # a double-clicked retry returns the first rerun
+        by=by,
     )
 
 
@@ -55,7 +59,9 @@ class ReplayError(Exception):
     """The dead letter cannot be replayed (no job type to run, or not open)."""
 
 
-def replay(dead_letter: DeadLetter, *, payload: dict[str, Any] | None = None, owner: Any = None) -> tuple[Job, bool]:
+def replay(
+    dead_letter: DeadLetter, *, payload: dict[str, Any] | None = None, owner: Any = None, by: Any = None
+) -> tuple[Job, bool]:
     """Run a dead letter again as a new job with a fresh retry budget, linked to the original.
 
     Returns (job, created): replaying twice returns the first replay's job instead of a second run.
@@ -81,6 +87,7 @@ def replay(dead_letter: DeadLetter, *, payload: dict[str, Any] | None = None, ow
             queue=original.queue if original else None,
             correlation_id=original.correlation_id if original else None,
             retry_of=original,
+            by=by,
         )
         locked.mark_replayed(job)
     return job, True

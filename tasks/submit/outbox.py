@@ -32,7 +32,7 @@ def submit(type_name: str, payload: dict[str, Any], **options: Any) -> Job:
     """Record a job and publish it on commit; returns the Job (its id is the Celery task id).
 
     Options are submit_or_get()'s: owner, tenant, idempotency_key, queue, countdown,
-    correlation_id, retry_of.
+    correlation_id, retry_of, by (the user submitting through a face: the job type's audience applies).
     """
     return submit_or_get(type_name, payload, **options)[0]
 
@@ -48,6 +48,7 @@ def submit_or_get(
     countdown: int | None = None,
     correlation_id: str | None = None,
     retry_of: Job | None = None,
+    by: AbstractBaseUser | None = None,
 ) -> tuple[Job, bool]:
     """Like submit(); also says whether the job is new (False: the idempotency key matched)."""
     job = _new_job(
@@ -61,6 +62,7 @@ def submit_or_get(
         now=timezone.now(),
         idempotency_key=idempotency_key,
         retry_of=retry_of,
+        by=by,
     )
     if idempotency_key is None and not transaction.get_connection().in_atomic_block:
         # One INSERT in autocommit: committed when it returns, so the message can follow at once
@@ -90,6 +92,7 @@ def submit_many(
     owner: AbstractBaseUser | None = None,
     tenant: Tenant | None = None,
     correlation_id: str | None = None,
+    by: AbstractBaseUser | None = None,
 ) -> list[Job]:
     """Record many jobs in one transaction and publish them on commit over one connection.
 
@@ -120,6 +123,7 @@ def submit_many(
                 countdown=item.get("countdown"),
                 correlation_id=correlation_id,
                 now=now,
+                by=by,
             )
         except SubmissionError as exc:
             too_large = too_large or isinstance(exc, PayloadTooLarge)
@@ -156,11 +160,12 @@ def _new_job(
     now: Any,
     idempotency_key: str | None = None,
     retry_of: Job | None = None,
+    by: Any = None,
 ) -> Job:
     """A validated, unsaved Job: the one place a submission becomes a record."""
     if not isinstance(type_name, str):
         raise SubmissionError({"type": ["must be a string naming a job type"]})
-    clean = validate_payload(type_name, payload)
+    clean = validate_payload(type_name, payload, by=by)
     job_type = get_job_type(type_name)
     assert job_type is not None  # validate_payload checked it
     errors: dict[str, list[str]] = {}

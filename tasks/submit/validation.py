@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from pydantic import ValidationError
 
-from tasks.runtime.types import get_job_type, job_types
+from tasks.runtime.types import get_job_type, job_types, job_types_for
 
 
 class SubmissionError(Exception):
@@ -58,11 +58,17 @@ def storable_json_problem(value: Any) -> str | None:
     return None
 
 
-def validate_payload(type_name: str, payload: Any) -> dict[str, Any]:
-    """The payload as the job type's schema normalises it, or SubmissionError with field errors."""
+def validate_payload(type_name: str, payload: Any, *, by: Any = None) -> dict[str, Any]:
+    """The payload as the job type's schema normalises it, or SubmissionError with field errors.
+
+    ``by``: the user submitting through a face (API, bulk, watch page, retry, replay). A type that
+    user may not submit (tasks.runtime.types.Audience) is answered exactly as an unknown one, so
+    its existence is not disclosed; code (``by=None``) may submit every type.
+    """
     job_type = get_job_type(type_name)
-    if job_type is None:
-        raise SubmissionError({"type": [f"unknown job type {type_name!r}; known types: {', '.join(job_types())}"]})
+    known = job_types() if by is None else job_types_for(by)
+    if job_type is None or type_name not in known:
+        raise SubmissionError({"type": [f"unknown job type {type_name!r}; known types: {', '.join(known)}"]})
     if not isinstance(payload, dict):
         raise SubmissionError({"payload": ["must be a JSON object"]})
     problem = storable_json_problem(payload)

@@ -30,6 +30,7 @@ def production_env(tmp_path: Path, **overrides: str | None) -> dict[str, str]:
         "ALLOWED_HOSTS": "terminus.example.com",
         "CSRF_TRUSTED_ORIGINS": "https://terminus.example.com",
         "TERMINUS_VAR_DIR": str(tmp_path / "var"),
+        "TERMINUS_METRICS_TOKEN": secrets.token_urlsafe(32),
     }
     for name, value in overrides.items():
         if value is None:
@@ -71,9 +72,15 @@ def test_check_deploy_reports_an_insecure_production_setting(tmp_path, overrides
     assert reported in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("missing", ["SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL"])
+@pytest.mark.parametrize("missing", ["SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "TERMINUS_METRICS_TOKEN"])
 def test_production_refuses_to_start_without_a_required_secret(tmp_path, missing):
     result = check_deploy(production_env(tmp_path, **{missing: None}))
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert f"{missing} is required" in result.stderr
+
+
+def test_production_serves_metrics_without_a_token_only_when_told_it_is_on_a_private_network(tmp_path):
+    env = production_env(tmp_path, TERMINUS_METRICS_TOKEN=None, TERMINUS_METRICS_PUBLIC="true")
+    result = check_deploy(env)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -15,6 +15,8 @@ from tests.helpers import ARTIFACTS, WorkerProcess, alerting_env, wait_for
 from tests.tasks.crons.cron_support import FAST_CRONS, PrivateRedis, beat, get_json, web, webhooks_with_key
 
 pytestmark = pytest.mark.django_db(transaction=True)
+#: The metrics token of the readiness stack: its bearer sees every check.
+OPS_TOKEN = "readyz-ops-token"
 
 
 def test_healthz_answers_without_the_database_or_the_broker():
@@ -31,6 +33,7 @@ def test_readyz_goes_red_when_the_broker_stops_and_green_again_when_it_returns(a
         "CELERY_BROKER_URL": broker.url,
         "TERMINUS_CRON_QUEUE": "crons",
         "TERMINUS_CANARY_TIMEOUT": "3",
+        "TERMINUS_METRICS_TOKEN": OPS_TOKEN,
     }
     processes = []
     try:
@@ -44,13 +47,15 @@ def test_readyz_goes_red_when_the_broker_stops_and_green_again_when_it_returns(a
         processes.append(web_process)
 
         def readyz() -> tuple[int, dict]:
-            return get_json(f"{base}/readyz", timeout=30)
+            return get_json(f"{base}/readyz", timeout=30, token=OPS_TOKEN)
 
         # Then /readyz is green once a cron has run and every queue's canary came back
         _, body = wait_for(lambda: (r := readyz())[0] == 200 and r, timeout=60, what="/readyz to be green")
         assert body["status"] == "ok" and body["failing"] == []
         assert set(body["checks"]) == {"database", "broker", "workers", "beat", "dead_letters", "canaries", "deadlines"}
         assert body["checks"]["workers"]["answered"], body
+        # An anonymous caller gets the verdict alone: no node names, vendor or errors
+        assert get_json(f"{base}/readyz", timeout=30) == (200, {"status": "ok"})
         # When the broker stops
         broker.stop()
         _, body = wait_for(lambda: (r := readyz())[0] == 503 and r, timeout=30, what="/readyz to go red")
@@ -81,7 +86,8 @@ def test_readyz_goes_red_when_the_broker_stops_and_green_again_when_it_returns(a
         broker.stop()
 
 
-def test_readyz_names_every_failing_check_with_its_reason(settings):
+def test_readyz_names_every_failing_check_with_its_reason_to_staff_only(settings, admin_client):
+    staff_client = admin_client
     # Given open dead letters over the threshold, a job past its deadline and no cron ever run
     from datetime import timedelta
 
@@ -98,7 +104,10 @@ def test_readyz_names_every_failing_check_with_its_reason(settings):
     )  # fmt: skip
     job.terminal_by = timezone.now() - timedelta(minutes=1)
     job.save(force_insert=True)
-    response = Client().get("/readyz?check=database,dead_letters&check=deadlines&check=beat")
+    settings.TERMINUS_READY_CACHE_SECONDS = 0
+    anonymous = Client().get("/readyz?check=database,dead_letters&check=deadlines&check=beat")
+    assert (anonymous.status_code, anonymous.json()) == (503, {"status": "failing"})
+    response = staff_client.get("/readyz?check=database,dead_letters&check=deadlines&check=beat")
     assert response.status_code == 503
     body = response.json()
     assert body["failing"] == ["beat", "dead_letters", "deadlines"]  # in the order of tasks.fleet.readiness.CHECKS

@@ -211,11 +211,12 @@ class PrivateRedis:
         wait_for(lambda: not self.answers(), timeout=10, what="redis to stop answering")
 
 
-def get_json(url: str, *, timeout: float = 30) -> tuple[int, dict[str, Any]]:
-    """(status, JSON body) of a GET, 4xx/5xx included."""
+def get_json(url: str, *, timeout: float = 30, token: str | None = None) -> tuple[int, dict[str, Any]]:
+    """(status, JSON body) of a GET, 4xx/5xx included; ``token`` is sent as a bearer token."""
     import json
 
-    request = urllib.request.Request(url, headers={"Host": "localhost"})  # noqa: S310 (a local test server)
+    headers = {"Host": "localhost", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 (a local test server)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
             return response.status, json.loads(response.read())

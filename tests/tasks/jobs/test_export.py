@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import stat
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -215,3 +217,18 @@ def test_it_rejects_an_invalid_export_payload(payload, field):
     with pytest.raises(SubmissionError) as excinfo:
         validate_payload("export.jobs", payload)
     assert any(key == field or key.startswith(f"{field}.") for key in excinfo.value.errors), excinfo.value.errors
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_export_file_is_owner_only_in_an_owner_only_folder_whatever_the_umask(worker, export, tenant):
+    # Given the exports folder left world-readable by an earlier version, and a permissive umask
+    folder = Path(default_storage.path("exports"))
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)
+    # When a tenant member exports
+    done = wait_terminal(export(format="json").id)
+    # Then the file is 0600 and its folder 0700: nobody else on the host can read a tenant's jobs
+    assert done.status == Status.SUCCEEDED, done.error_message
+    path = Path(default_storage.path(done.result["path"]))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
