@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 
 import structlog
@@ -53,6 +54,23 @@ def _celery_message_fields(logger: Any, method: str, event_dict: dict[str, Any])
     if isinstance(args, dict) and "id" in args and "name" in args:
         event_dict.setdefault("job_id", str(args["id"]))
         event_dict.setdefault("job_type", str(args["name"]))
+    return event_dict
+
+
+#: A URL's userinfo (``user:password@``) and query string (``?token=…``): where credentials ride.
+_URL_SECRETS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^\s/@]*@)?(?P<rest>[^\s?#\"']*)(?:\?[^\s#\"']*)?")
+
+
+def without_url_secrets(text: str) -> str:
+    """``text`` with every URL's userinfo and query string removed (``https://host/path?…``)."""
+    return _URL_SECRETS.sub(lambda m: m["scheme"] + m["rest"] + ("?…" if "?" in m[0] else ""), text)
+
+
+def _redact_urls(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """No log line carries a URL's password or query string (a webhook's token rides there)."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and "://" in value:
+            event_dict[key] = without_url_secrets(value)
     return event_dict
 
 
@@ -104,6 +122,7 @@ def formatter(fmt: str = "json") -> structlog.stdlib.ProcessorFormatter:
         render = [
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            _redact_urls,
             structlog.processors.EventRenamer("message"),
             _leading_fields,
             structlog.processors.JSONRenderer(sort_keys=False),
@@ -111,6 +130,7 @@ def formatter(fmt: str = "json") -> structlog.stdlib.ProcessorFormatter:
     else:
         render = [
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _redact_urls,
             # Plain tracebacks: rich's would print every frame's local variables (payloads).
             structlog.dev.ConsoleRenderer(
                 colors=False, sort_keys=False, exception_formatter=structlog.dev.plain_traceback

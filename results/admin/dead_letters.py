@@ -32,7 +32,7 @@ from results.admin.base import (
 from results.models import Alert, AlertWindow, DeadLetter, DeadLetterStatus
 from results.querysets import scoped_by_job, sees_every_tenant
 from tasks.failure.alerting import MailChannel, WebhookChannel
-from tasks.runtime.types import job_types
+from tasks.runtime.types import job_types, redacted_message_body
 from tasks.submit.actions import ReplayError, replay, resolve
 from tasks.submit.validation import SubmissionError
 
@@ -168,7 +168,7 @@ class DeadLetterAdmin(LargeTableAdmin):
 
     @admin.display(description="body")
     def body_pretty(self, obj: DeadLetter) -> str:
-        return pretty_json(obj.body)
+        return pretty_json(redacted_message_body(obj.task_name, obj.body))
 
     @admin.display(description="headers")
     def headers_pretty(self, obj: DeadLetter) -> str:

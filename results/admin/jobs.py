@@ -25,7 +25,7 @@ from django.utils.translation import ngettext
 from results.admin.base import LargeTableAdmin, clean_search_term, job_link, pre, pretty_json
 from results.models import Job, Status
 from results.querysets import OPEN_STATUSES
-from tasks.runtime.types import job_types
+from tasks.runtime.types import job_types, redacted_payload
 from tasks.submit.actions import cancel, rerun
 from tasks.submit.validation import SubmissionError
 
@@ -185,7 +185,7 @@ class JobAdmin(LargeTableAdmin):
 
     @admin.display(description="payload")
     def payload_pretty(self, obj: Job) -> str:
-        return pretty_json(obj.payload)
+        return pretty_json(redacted_payload(obj.type, obj.payload))
 
     @admin.display(description="result")
     def result_pretty(self, obj: Job) -> str:

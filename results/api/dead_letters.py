@@ -36,6 +36,7 @@ from rest_framework.response import Response
 from results.models import Alert, AlertStatus, DeadLetter, DeadLetterReason, DeadLetterStatus, Job
 from results.querysets import DeadLetterQuerySet, sees_every_tenant
 from tasks.failure.dead_letters import queue_stats
+from tasks.runtime.types import redacted_message_body
 from tasks.submit.actions import ReplayError, replay, resolve
 from tasks.submit.validation import PayloadTooLarge, SubmissionError
 
@@ -150,6 +151,9 @@ class DeadLetterDetailSerializer(DeadLetterSerializer):
     """
 
     traceback = serializers.SerializerMethodField(help_text="Staff only; null for other users.")
+    body = serializers.SerializerMethodField(
+        help_text="The message's args and kwargs; the job type's secret fields (webhook headers) show as [redacted]."
+    )
     raw_body = serializers.SerializerMethodField(help_text="An undecodable body (base64); staff only.")
     alerts = DeadLetterAlertSerializer(many=True, read_only=True, help_text="Oldest first.")
 
@@ -164,6 +168,10 @@ class DeadLetterDetailSerializer(DeadLetterSerializer):
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_raw_body(self, letter: DeadLetter) -> str | None:
         return letter.raw_body if _is_staff(self.context) else None
+
+    @extend_schema_field(serializers.JSONField(allow_null=True))
+    def get_body(self, letter: DeadLetter) -> Any:
+        return redacted_message_body(letter.task_name, letter.body)
 
 
 class DeadLetterStatsSerializer(serializers.Serializer):

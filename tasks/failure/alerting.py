@@ -70,7 +70,9 @@ class WebhookChannel(Channel):
     def send(self, notice: Notice) -> None:
         letter = notice.dead_letter
         body = {
-            "text": f"*{notice.subject}*\n{notice.text}",
+            # Escaped: an error message is the job's or a receiver's text, and "<!channel>" or
+            # "<https://evil|a link>" in it must reach people as text, not as a ping or a link.
+            "text": f"*{slack_escaped(notice.subject)}*\n{slack_escaped(notice.text)}",
             "terminus": {
                 "key": notice.key,
                 "count": notice.count,
@@ -87,6 +89,11 @@ class WebhookChannel(Channel):
             raise AlertError(f"webhook answered {response.status_code}")
         if response.status_code >= 400:
             raise AlertError(f"webhook refused the alert: {response.status_code}", permanent=True)
+
+
+def slack_escaped(text: str) -> str:
+    """``text`` with Slack's three control characters escaped (&, <, >), as Slack asks for untrusted text."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class MailChannel(Channel):

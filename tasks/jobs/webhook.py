@@ -69,6 +69,7 @@ class WebhookRejected(PermanentError):
     "webhook.deliver",
     input=WebhookInput,
     retry=RetryPolicy(retry_on=(WebhookError,)),
+    secret_fields=("headers",),  # an Authorization or signature header is a credential
     time_limit=120,
     soft_time_limit=110,
 )

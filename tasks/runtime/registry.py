@@ -30,6 +30,7 @@ def job(
     on_terminal: Callable[[Any], Any] | None = None,
     audience: Audience | Callable[[], Audience] = Audience.EVERYONE,
     tenants: Iterable[str] = (),
+    secret_fields: Iterable[str] = (),
 ) -> Callable[[Callable[..., Any]], TrackedTask]:
     """Register ``fn(task, data)`` as job type ``name``; ``data`` is the validated ``input``.
 
@@ -84,6 +85,7 @@ def job(
                 on_terminal=on_terminal,
                 audience=audience,
                 tenants=frozenset(tenants),
+                secret_fields=frozenset(secret_fields),
             )
         )
         return task

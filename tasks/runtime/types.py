@@ -49,6 +49,19 @@ class JobType:
     audience: Audience | Callable[[], Audience] = Audience.EVERYONE
     #: When set, only users acting for one of these tenants (by name) may submit it; superusers always.
     tenants: frozenset[str] = field(default_factory=frozenset)
+    #: Payload fields whose values are secret (a webhook's headers carry its Authorization): shown
+    #: as REDACTED wherever a payload is shown (dead letters in the API and the admin, the job admin).
+    secret_fields: frozenset[str] = field(default_factory=frozenset)
+
+    def redact(self, payload: Any) -> Any:
+        """``payload`` with the values of its secret fields replaced (a mapping keeps its keys)."""
+        if not self.secret_fields or not isinstance(payload, dict):
+            return payload
+        shown = dict(payload)
+        for name in self.secret_fields & set(shown):
+            value = shown[name]
+            shown[name] = {key: REDACTED for key in value} if isinstance(value, dict) else REDACTED
+        return shown
 
     def allows(self, user: Any) -> bool:
         """May ``user`` (signed in) submit a job of this type? Superusers may submit anything but NOBODY's."""
@@ -71,6 +84,21 @@ class JobType:
 
 
 _REGISTRY: dict[str, JobType] = {}
+#: What a secret value is shown as.
+REDACTED = "[redacted]"
+
+
+def redacted_payload(type_name: str, payload: Any) -> Any:
+    """``payload`` as a person may see it: its job type's secret fields redacted (unknown types: as is)."""
+    job_type = _REGISTRY.get(type_name)
+    return job_type.redact(payload) if job_type is not None else payload
+
+
+def redacted_message_body(type_name: str, body: Any) -> Any:
+    """A task message's body (``{"args", "kwargs", …}``) as a person may see it: its payload redacted."""
+    if isinstance(body, dict) and "kwargs" in body:
+        return {**body, "kwargs": redacted_payload(type_name, body["kwargs"])}
+    return body
 
 
 def get_job_type(name: str) -> JobType | None:
