@@ -58,7 +58,9 @@ def _celery_message_fields(logger: Any, method: str, event_dict: dict[str, Any])
 
 
 #: A URL's userinfo (``user:password@``) and query string (``?token=…``): where credentials ride.
-_URL_SECRETS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^\s/@]*@)?(?P<rest>[^\s?#\"']*)(?:\?[^\s#\"']*)?")
+_URL_SECRETS = re.compile(
+    r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^\s/@]*@)?(?P<rest>[^\s?#\"']*)(?:\?[^\s#\"']*)?"
+)
 
 
 def without_url_secrets(text: str) -> str:
