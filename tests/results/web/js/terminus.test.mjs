@@ -16,7 +16,7 @@ import {
   parseRetryAfter,
   submitJob,
   watchJob,
-} from "../../../results/static/terminus/terminus.js";
+} from "../../../../results/static/terminus/terminus.js";
 
 const ID = "3f0c7a52-8d0e-4c4f-9a43-2f1d2b9b0a11";
 const FAST = { backoffBaseMs: 10, backoffMaxMs: 40 };
