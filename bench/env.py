@@ -46,6 +46,8 @@ def bench_env(*, log_level: str = "WARNING", db_reuse_max: int = 1000, **extra: 
         DATABASE_URL=DATABASE_URL,
         CELERY_BROKER_URL=REDIS_URL,
         BENCH_REDIS_URL=REDIS_URL,
+        # Throttle counts in Redis, as a production deployment keeps them (docs/configuration.md).
+        CACHE_URL=REDIS_URL.rsplit("/", 1)[0] + "/9",
         TERMINUS_VAR_DIR=str(VAR / "var"),
         # The bench's tracked job type routes to a queue of its own (see bench.celery_tasks).
         TERMINUS_QUEUES="default,slow,bench_tracked",

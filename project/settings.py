@@ -8,8 +8,10 @@ secret, database and broker.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
+import csp.constants as csp
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
@@ -105,6 +107,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "django_celery_results",
+    "axes",
     "results",
     "tasks",
 ]
@@ -112,6 +115,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "project.middleware.CorrelationIdMiddleware",  # first: every response and log line carries the id
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -119,6 +123,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: answers 429 once a login is locked out
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -156,6 +161,35 @@ FILE_UPLOAD_PERMISSIONS = 0o600
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 
 # ---------------------------------------------------------------------------------------------
+# Sign-in and the browser (login lockout, Content-Security-Policy)
+# ---------------------------------------------------------------------------------------------
+# Wrong passwords for one user from one address lock further tries (/accounts/login/ and
+# /admin/login/ alike, counted in the database so every web process shares them) with a 429.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("TERMINUS_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("TERMINUS_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False  # no banner line on every process start
+# Scripts only from this site (no inline script runs, whatever a page echoes); inline style
+# attributes stay allowed for the admin's status colours.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [csp.SELF],
+        "script-src": [csp.SELF],
+        "style-src": [csp.SELF],
+        "style-src-attr": [csp.UNSAFE_INLINE],
+        "img-src": [csp.SELF, "data:"],
+        "font-src": [csp.SELF],
+        "connect-src": [csp.SELF],
+        "object-src": [csp.NONE],
+        "base-uri": [csp.SELF],
+        "form-action": [csp.SELF],
+        "frame-ancestors": [csp.NONE],
+    }
+}
+
+# ---------------------------------------------------------------------------------------------
 # Database
 # ---------------------------------------------------------------------------------------------
 DATABASE_URL = env_str("DATABASE_URL")
@@ -184,13 +218,15 @@ elif _test_db_name:
     DATABASES["default"]["TEST"] = {"NAME": _test_db_name}
 
 # ---------------------------------------------------------------------------------------------
-# Cache (API throttling, shared by every web process when CACHE_URL points at Redis)
+# Cache: throttles, long-poll counts, /readyz and /metrics answers, shared by every process
 # ---------------------------------------------------------------------------------------------
+# Redis when CACHE_URL names one (fastest); else a table in the database (created by migration
+# results 0006), so that every web process counts against one budget either way.
 CACHE_URL = env_str("CACHE_URL")
 if CACHE_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "terminus_cache"}}
 
 # ---------------------------------------------------------------------------------------------
 # Security (production)
@@ -233,6 +269,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("TERMINUS_MAX_REQUEST_BYTES", 1024 * 1024,
 # Longest long poll (GET /api/jobs/{id}/?wait=N), seconds; each held poll occupies a web thread.
 # Keep it below your proxy's read timeout; 0 turns long polling off (wait is then ignored).
 TERMINUS_LONG_POLL_MAX = env_int("TERMINUS_LONG_POLL_MAX", 60, minimum=0)
+# Long polls one user may hold at once (each holds a web thread); one more is a 429.
+TERMINUS_LONG_POLL_PER_USER = env_int("TERMINUS_LONG_POLL_PER_USER", 4, minimum=1)
 
 # ---------------------------------------------------------------------------------------------
 # Terminus (jobs)

@@ -98,11 +98,17 @@ def start_worker(
 
 
 # -- users and tenants (tests/factories.py builds them) -------------------------------------------
-@pytest.fixture
-def fresh_throttle_counts() -> Iterator[None]:
-    """Throttle history lives in the cache, keyed by user id, and ids are reused between tests."""
-    cache.clear()
-    yield
+@pytest.fixture(autouse=True)
+def _empty_cache(request: pytest.FixtureRequest) -> None:
+    """Every test that uses the database starts with an empty cache: throttle history and long-poll
+    slots are keyed by user id, ids are reused between tests, and the cache table is not flushed
+    with the models' tables."""
+    marker = request.node.get_closest_marker("django_db")
+    names = set(request.fixturenames)
+    if marker is None and not names & {"db", "transactional_db"}:
+        return
+    transactional = "transactional_db" in names or (marker is not None and marker.kwargs.get("transaction"))
+    request.getfixturevalue("transactional_db" if transactional else "db")
     cache.clear()
 
 

@@ -17,7 +17,7 @@ ERROR_DESCRIPTIONS = {
     409: "The {resource}'s state does not allow this action (errors says why).",
     413: "The payload or the request body is over its size limit.",
     415: "The body is not application/json.",
-    429: "Too many submissions; retry after Retry-After seconds.",
+    429: "Too many requests (submissions, or long polls held at once); retry after Retry-After seconds.",
 }
 
 

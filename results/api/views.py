@@ -9,12 +9,15 @@ has the body ``{"detail": "...", "errors": {field: [messages]}}`` (results.api.e
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db.models import QuerySet
 from django.urls import Resolver404, resolve, reverse
 from django.utils import timezone
@@ -105,6 +108,29 @@ def long_poll_wait(request: Request) -> int:
     if len(value) > len(str(cap)):  # thousands of digits would only waste int()'s time
         return cap
     return min(int(value), cap)
+
+
+class TooManyLongPolls(exceptions.Throttled):
+    default_detail = "too many long polls held at once; poll again when one returns"
+
+
+@contextlib.contextmanager
+def long_poll_slot(user: Any) -> Iterator[None]:
+    """Hold one of the user's TERMINUS_LONG_POLL_PER_USER long-poll slots for the poll; 429 when none is free.
+
+    Each slot is a cache key taken with ``add`` (atomic in Redis and in the database cache alike,
+    unlike a counter's read-then-write), in the cache every web process shares; a slot expires a
+    little after the longest poll, so a process killed mid-poll cannot keep it taken for good.
+    """
+    timeout = settings.TERMINUS_LONG_POLL_MAX + 30
+    slots = (f"terminus:long-poll:{user.pk}:{n}" for n in range(settings.TERMINUS_LONG_POLL_PER_USER))
+    taken = next((slot for slot in slots if cache.add(slot, 1, timeout=timeout)), None)
+    if taken is None:
+        raise TooManyLongPolls(wait=1)
+    try:
+        yield
+    finally:
+        cache.delete(taken)
 
 
 def body_object(request: Request) -> dict[str, Any]:
@@ -205,7 +231,7 @@ def tenant_of(user: Any) -> Any:
         responses={
             200: JobDetailSerializer,
             304: OpenApiResponse(description="Not modified since the ETag in If-None-Match."),
-            **error_responses(400, 401, 404),
+            **error_responses(400, 401, 404, 429),
         },
     ),
 )
@@ -303,8 +329,11 @@ class JobViewSet(viewsets.GenericViewSet):
         job = self.get_job(pk)
         if_none_match = request.headers.get("If-None-Match")
         matched = etag_matches(if_none_match, job.etag)
-        if wait and not job.terminal and (matched or not if_none_match) and self.wait_for_change(job, wait):
-            return self.detail_response(self.get_job(pk))
+        if wait and not job.terminal and (matched or not if_none_match):
+            with long_poll_slot(request.user):
+                changed = self.wait_for_change(job, wait)
+            if changed:
+                return self.detail_response(self.get_job(pk))
         if matched:
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers=self.job_headers(job))
         return self.detail_response(job)

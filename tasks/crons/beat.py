@@ -57,6 +57,12 @@ def builtin_cron_modules() -> list[str]:
     return [f"{__package__}.{module.name}" for module in modules if module.name not in machinery]
 
 
+def builtin_crons() -> dict[str, Entry]:
+    """The crons Terminus ships (declared in this package), by name: the docs' table lists these."""
+    modules = set(builtin_cron_modules())
+    return {name: entry for name, entry in sorted(load().items()) if entry.module in modules}
+
+
 def load() -> dict[str, Entry]:
     """Every cron, built-in and from TERMINUS_CRON_MODULES, by name (importing registers them)."""
     for module in (*builtin_cron_modules(), *settings.TERMINUS_CRON_MODULES):

@@ -54,6 +54,7 @@ class Entry:
     every: str | float  # a setting holding seconds, or seconds
     time_limit: int  # hard limit, seconds; a run older than this plus a grace is presumed dead
     what: str
+    module: str = ""  # where the cron is declared (the built-in ones: tasks.crons.*)
 
     @property
     def seconds(self) -> float:
@@ -121,7 +122,7 @@ def cron(
 
     def decorator(fn: Callable[[], Any]) -> Callable[[], Any]:
         summary = what or next(iter((fn.__doc__ or "").strip().splitlines()), "")
-        entry = Entry(name, f"terminus.cron.{name}", every, time_limit, summary)
+        entry = Entry(name, f"terminus.cron.{name}", every, time_limit, summary, fn.__module__)
         if name in _CRONS:
             raise ValueError(f"cron {name!r} is registered twice")
 

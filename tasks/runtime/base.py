@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from project.logging import bind_job
 from project.sentry import TRACKED_TAG
-from results.models import DeadLetterReason, Job
+from results.models import DeadLetterReason, Job, Status
 from tasks.failure.dead_letters import dead_letter_job, reason_for
 from tasks.runtime.durable import durable
 from tasks.runtime.errors import JobCancelled, describe_error
@@ -122,10 +122,18 @@ class TrackedTask(DjangoTask):
                 raise  # the database is away: not the result's fault
             self._fail_unstorable(task_id, exc)
             return
-        if not won:
-            logger.warning("job %s finished but was no longer running; result discarded", task_id)
-        else:
+        if won or self._own_success_landed(task_id):
             self._run_terminal_hook(task_id)
+        else:
+            logger.warning("job %s finished but was no longer running; result discarded", task_id)
+
+    def _own_success_landed(self, task_id: str) -> bool:
+        """A connection broken after the success committed makes durable() write it again: the second
+        write then finds the job succeeded, by this very attempt on this worker. That is not a late
+        finish of a job that ended without us (whose result is discarded), and its hook is due."""
+        return Job.objects.filter(
+            pk=task_id, status=Status.SUCCEEDED, attempts=self.attempt, worker=self.request.hostname or ""
+        ).exists()
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: ExceptionInfo) -> None:
         """Fail the record for good: retries exhausted, non-retryable error or a time limit."""

@@ -27,11 +27,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"total: {sum(FUZZ_REPORT.values())} generated requests")
 
 
-@pytest.fixture(autouse=True)
-def _every_test_starts_with_fresh_throttle_counts(fresh_throttle_counts: None) -> None:
-    """Throttle history is per user id, and ids are reused between tests."""
-
-
 @pytest.fixture
 def acme_jobs(alice: User) -> TenantJobs:
     return jobs_in_every_state(alice)

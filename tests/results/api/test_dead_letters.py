@@ -33,8 +33,6 @@ from tasks.submit.outbox import submit
 from tests.factories import client_for
 from tests.helpers import wait_for, wait_terminal
 
-pytestmark = pytest.mark.usefixtures("fresh_throttle_counts")
-
 LETTERS = "/api/dead-letters/"
 STATS = f"{LETTERS}stats/"
 SECRET_TRACEBACK = "Traceback (most recent call last):\n  File internals.py: STAFF-ONLY-TRACEBACK"

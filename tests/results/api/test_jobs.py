@@ -29,8 +29,6 @@ from tasks.runtime.types import job_types
 from tests.factories import client_for, job_for
 from tests.helpers import wait_for
 
-pytestmark = pytest.mark.usefixtures("fresh_throttle_counts")
-
 JOBS = "/api/jobs/"
 CLOSED_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused
 
