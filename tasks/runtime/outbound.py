@@ -187,12 +187,9 @@ class GuardedTransport(httpx.HTTPTransport):
 
     def __init__(self, policy: Policy | None = None):
         super().__init__(trust_env=False)
-        pool = self._pool
+        # httpx builds its pool without a way to pass a network backend: build the same pool with ours.
         self._pool = httpcore.ConnectionPool(
-            ssl_context=pool._ssl_context,
-            max_connections=pool._max_connections,
-            max_keepalive_connections=pool._max_keepalive_connections,
-            keepalive_expiry=pool._keepalive_expiry,
+            ssl_context=httpx.create_ssl_context(trust_env=False),
             network_backend=GuardedBackend(policy or current_policy()),
         )
 
