@@ -6,13 +6,17 @@ One definition for every suite (the API, dead letters, security, admin, the watc
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from results.models import Job, Membership, Tenant
+from results.models import DeadLetter, DeadLetterReason, DeadLetterStatus, Job, Membership, Tenant
+from tasks.failure.dead_letters import message_for_job, poison_message, store
 from tasks.submit.outbox import submit
 
 
@@ -57,3 +61,32 @@ def job_for(
     """A queued job submitted by ``user`` for its tenant (published on commit, as the API does)."""
     membership = Membership.objects.filter(user=user).select_related("tenant").first()
     return submit(type_name, payload or {}, owner=user, tenant=membership.tenant if membership else None, **options)
+
+
+def dead_letter_of(
+    job: Job,
+    *,
+    reason: str = DeadLetterReason.NON_RETRYABLE,
+    status: str = DeadLetterStatus.OPEN,
+    age: timedelta | None = None,
+) -> DeadLetter:
+    """The dead letter of ``job`` (failed), recorded as the dead-letter task records it, ``age`` old, in ``status``."""
+    letter, _ = store(message_for_job(job, reason=reason))
+    fields: dict[str, Any] = {"status": status}
+    if age is not None:
+        fields["created_at"] = timezone.now() - age
+    DeadLetter.objects.filter(pk=letter.pk).update(**fields)
+    return DeadLetter.objects.get(pk=letter.pk)
+
+
+def poison_dead_letter(task: str = "billing.nonexistent") -> DeadLetter:
+    """A message that never became a job run (an unknown task): no job, no tenant, seen by staff only."""
+    message = poison_message(
+        reason=DeadLetterReason.UNKNOWN_TASK,
+        body=[[], {"invoice": 7}, {}],
+        raw=None,
+        headers={"id": str(uuid.uuid4()), "task": task},
+        queue="default",
+        error=f"no task named {task}",
+    )
+    return store(message)[0]

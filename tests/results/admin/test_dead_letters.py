@@ -4,7 +4,6 @@ the alerts inline, and the read-only alert and throttle-window admins."""
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -29,8 +28,8 @@ from results.models import (
     Status,
     Tenant,
 )
-from tasks.failure.dead_letters import message_for_job, poison_message, store
 from tasks.submit.outbox import submit
+from tests.factories import dead_letter_of, poison_dead_letter
 from tests.helpers import wait_for, wait_terminal
 
 CHANGELIST = reverse("admin:results_deadletter_changelist")
@@ -72,24 +71,7 @@ def letter(
     claim = Job(pk=job.pk).mark_started(worker="w1@test")
     assert claim is not None
     assert Job(pk=job.pk).mark_failed(error_type="PermanentError", error_message="card declined", traceback=TRACEBACK)
-    dead, _ = store(message_for_job(Job.objects.get(pk=job.pk), reason=reason))
-    fields: dict[str, Any] = {"status": status}
-    if age is not None:
-        fields["created_at"] = timezone.now() - age
-    DeadLetter.objects.filter(pk=dead.pk).update(**fields)
-    return DeadLetter.objects.get(pk=dead.pk)
-
-
-def poison(task: str = "billing.nonexistent") -> DeadLetter:
-    message = poison_message(
-        reason=DeadLetterReason.UNKNOWN_TASK,
-        body=[[], {"invoice": 7}, {}],
-        raw=None,
-        headers={"id": str(uuid.uuid4()), "task": task},
-        queue="default",
-        error=f"no task named {task}",
-    )
-    return store(message)[0]
+    return dead_letter_of(Job.objects.get(pk=job.pk), reason=reason, status=status, age=age)
 
 
 @pytest.fixture
@@ -120,7 +102,7 @@ def test_changelist_lists_and_filters_by_status_reason_type_and_date(admin_clien
     resolved = letter(status=DeadLetterStatus.RESOLVED)
     exhausted = letter(reason=DeadLetterReason.RETRIES_EXHAUSTED)
     old = letter(age=timedelta(days=30))
-    unknown = poison()
+    unknown = poison_dead_letter()
 
     response = admin_client.get(CHANGELIST)
     assert response.status_code == 200
@@ -153,7 +135,7 @@ def test_changelist_lists_and_filters_by_status_reason_type_and_date(admin_clien
 @pytest.mark.django_db
 def test_search_finds_a_dead_letter_by_exact_message_key_job_id_or_replay_job_id(admin_client):
     target, other = letter(), letter()
-    unknown = poison()
+    unknown = poison_dead_letter()
     run_action(admin_client, "replay", [target])
     target.refresh_from_db()
     for term in (target.message_key, str(target.job_id), str(target.replay_job_id), f'"{target.job_id}"'):
@@ -239,7 +221,7 @@ def test_change_page_shows_the_message_traceback_links_and_alerts_read_only(admi
 
 @pytest.mark.django_db
 def test_a_poison_message_change_page_says_it_has_no_job(admin_client):
-    unknown = poison()
+    unknown = poison_dead_letter()
     content = admin_client.get(change_url(unknown)).content.decode()
     assert "no job: a message that never ran" in content
     assert "&quot;invoice&quot;: 7" in content
@@ -279,7 +261,7 @@ def test_the_job_change_page_shows_when_it_was_dead_lettered(admin_client):
 def test_replay_action_replays_open_dead_letters_and_reports_skipped_and_refused_ones(admin_client):
     first, second = letter(), letter()
     resolved = letter(status=DeadLetterStatus.RESOLVED)
-    unknown = poison()
+    unknown = poison_dead_letter()
     response = run_action(admin_client, "replay", [first, second, resolved, unknown])
     assert response.status_code == 200
     shown = messages_of(response)
@@ -349,7 +331,7 @@ def test_staff_with_view_permission_only_get_no_actions(django_user_model):
 def test_tenant_staff_see_and_act_on_their_tenants_dead_letters_and_alerts_only(
     tenant_staff_client, tenant_a, tenant_b
 ):
-    mine, theirs, unknown = letter(tenant=tenant_a), letter(tenant=tenant_b), poison()
+    mine, theirs, unknown = letter(tenant=tenant_a), letter(tenant=tenant_b), poison_dead_letter()
     my_alert = Alert.objects.create(key="k", channel="webhook", dead_letter=mine, subject="s", text="t")
     Alert.objects.create(key="k", channel="webhook", dead_letter=theirs, subject="s", text="t")
     Alert.objects.create(key="k", channel="webhook", dead_letter=None, count=5, subject="summary", text="t")
@@ -370,7 +352,7 @@ def test_tenant_staff_see_and_act_on_their_tenants_dead_letters_and_alerts_only(
 
 @pytest.mark.django_db
 def test_superusers_see_every_dead_letter_alert_and_window(admin_client, tenant_a, tenant_b):
-    letters = [letter(tenant=tenant_a), letter(tenant=tenant_b), poison()]
+    letters = [letter(tenant=tenant_a), letter(tenant=tenant_b), poison_dead_letter()]
     alerts = [
         Alert.objects.create(key="k", channel="mail", dead_letter=letters[0], subject="s", text="t"),
         Alert.objects.create(key="k", channel="webhook", dead_letter=None, count=5, subject="summary", text="t"),

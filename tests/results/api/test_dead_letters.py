@@ -30,7 +30,7 @@ from results.models import (
 )
 from tasks.failure.dead_letters import message_for_job, poison_message, store
 from tasks.submit.outbox import submit
-from tests.factories import client_for
+from tests.factories import client_for, poison_dead_letter
 from tests.helpers import wait_for, wait_terminal
 
 LETTERS = "/api/dead-letters/"
@@ -98,19 +98,6 @@ def letter_for(
     return DeadLetter.objects.get(pk=letter.pk)
 
 
-def poison_letter(task: str = "billing.nonexistent") -> DeadLetter:
-    """A message that never became a job run: no job, no tenant (staff only)."""
-    message = poison_message(
-        reason=DeadLetterReason.UNKNOWN_TASK,
-        body=[[], {"invoice": 7}, {}],
-        raw=None,
-        headers={"id": str(uuid.uuid4()), "task": task},
-        queue="default",
-        error=f"no task named {task}",
-    )
-    return store(message)[0]
-
-
 # -- list --------------------------------------------------------------------------------------
 @pytest.mark.django_db
 def test_the_list_shows_dead_letters_newest_first_page_by_page(alice):
@@ -140,7 +127,7 @@ def test_the_list_filters_by_status_type_error_type_reason_job_and_age(staff, al
     old = letter_for(alice, age=timedelta(hours=3), error_type="TransientError", reason="retries_exhausted")
     resolved = letter_for(alice, age=timedelta(days=2))
     resolved.mark_resolved(by="ops")
-    poison = poison_letter()
+    poison = poison_dead_letter()
     api = client_for(staff)
     since = (timezone.now() - timedelta(hours=1)).isoformat()
     cases = {
@@ -192,7 +179,7 @@ def test_the_list_refuses_unknown_or_bad_parameters_with_400(alice, query, field
 def test_a_tenant_user_sees_its_tenants_dead_letters_only_never_poison_messages(alice, bob, make_user):
     carol = make_user("carol", tenant="acme")
     mine, colleagues = letter_for(alice), letter_for(carol)
-    theirs, poison = letter_for(bob), poison_letter()
+    theirs, poison = letter_for(bob), poison_dead_letter()
     api = client_for(alice)
     assert sorted(listed(api)) == sorted([mine.pk, colleagues.pk])
     assert listed(api, f"job={theirs.job_id}") == []
@@ -223,7 +210,7 @@ def test_a_user_without_a_tenant_sees_only_the_dead_letters_of_its_own_jobs(make
 def test_tenant_staff_see_only_their_tenants_dead_letters(make_user, alice, bob):
     ops = make_user("ops-acme", tenant="acme", staff=True)
     mine, theirs = letter_for(alice), letter_for(bob)
-    poison_letter()
+    poison_dead_letter()
     api = client_for(ops)
     assert listed(api) == [mine.pk]
     assert_error(api.get(detail_url(theirs)), 404)
@@ -234,7 +221,7 @@ def test_tenant_staff_see_only_their_tenants_dead_letters(make_user, alice, bob)
 
 @pytest.mark.django_db
 def test_staff_see_every_dead_letter_with_traceback_and_raw_body(staff, alice, bob):
-    letters = [letter_for(alice), letter_for(bob), poison_letter()]
+    letters = [letter_for(alice), letter_for(bob), poison_dead_letter()]
     raw = store(
         poison_message(
             reason=DeadLetterReason.UNDECODABLE,
@@ -416,7 +403,7 @@ def test_replay_refuses_a_resolved_dead_letter_with_409(alice):
 
 @pytest.mark.django_db
 def test_replay_refuses_a_message_that_names_no_job_type_with_409(staff):
-    poison = poison_letter()
+    poison = poison_dead_letter()
     body = assert_error(client_for(staff).post(f"{detail_url(poison)}replay/"), 409, "type")
     assert "billing.nonexistent" in body["detail"]
     assert DeadLetter.objects.get(pk=poison.pk).status == DeadLetterStatus.OPEN
@@ -424,7 +411,7 @@ def test_replay_refuses_a_message_that_names_no_job_type_with_409(staff):
 
 @pytest.mark.django_db
 def test_a_poison_message_naming_a_job_type_replays_its_kwargs_as_a_staff_owned_job(staff):
-    letter = poison_letter(task="diagnostics.sleep")
+    letter = poison_dead_letter(task="diagnostics.sleep")
     DeadLetter.objects.filter(pk=letter.pk).update(body={"args": [], "kwargs": {"seconds": 0}})
     response = client_for(staff).post(f"{detail_url(letter)}replay/")
     assert response.status_code == 202, response.content
@@ -494,7 +481,7 @@ def test_stats_cover_the_whole_store_for_staff_and_the_users_own_scope_otherwise
     letter_for(alice, age=timedelta(minutes=10))
     letter_for(alice).mark_resolved(by="ops")
     letter_for(bob, age=timedelta(hours=2))
-    poison_letter()
+    poison_dead_letter()
     everything = client_for(staff).get(STATS).json()
     assert (everything["open"], everything["total"]) == (3, 4)
     assert 7100 < everything["oldest_age_seconds"] < 7300

@@ -18,9 +18,9 @@ from django.utils import timezone
 
 from results.management.commands.deadletters import login_name
 from results.models import Alert, DeadLetter, DeadLetterReason, DeadLetterStatus, Job, Status
-from tasks.failure.dead_letters import message_for_job, poison_message, store
 from tasks.submit.outbox import submit
 from tasks.submit.validation import validate_payload
+from tests.factories import dead_letter_of, poison_dead_letter
 from tests.helpers import ROOT, test_database_url, wait_for, wait_terminal
 
 
@@ -59,31 +59,14 @@ def letter(
     **job_fields: Any,
 ) -> DeadLetter:
     """A dead letter recorded as the dead-letter task records it, ``age`` old, in ``status``."""
-    dead, _ = store(message_for_job(failed_job(**job_fields), reason=reason))
-    fields: dict[str, Any] = {"status": status}
-    if age is not None:
-        fields["created_at"] = timezone.now() - age
-    DeadLetter.objects.filter(pk=dead.pk).update(**fields)
-    return DeadLetter.objects.get(pk=dead.pk)
-
-
-def poison(task: str = "billing.nonexistent") -> DeadLetter:
-    message = poison_message(
-        reason=DeadLetterReason.UNKNOWN_TASK,
-        body=[[], {"invoice": 7}, {}],
-        raw=None,
-        headers={"id": str(uuid.uuid4()), "task": task},
-        queue="default",
-        error=f"no task named {task}",
-    )
-    return store(message)[0]
+    return dead_letter_of(failed_job(**job_fields), reason=reason, status=status, age=age)
 
 
 # -- list --------------------------------------------------------------------------------------
 @pytest.mark.django_db
 def test_list_prints_a_table_of_open_dead_letters_newest_first():
     older = letter(age=timedelta(hours=2))
-    newer = poison()
+    newer = poison_dead_letter()
     letter(status=DeadLetterStatus.RESOLVED)
     out = run("list")
     lines = out.splitlines()
@@ -132,7 +115,7 @@ def test_list_filters_by_type_error_type_reason_status_age_id_and_job():
     fresh = letter()
     transient = letter(reason=DeadLetterReason.RETRIES_EXHAUSTED, error_type="TransientError", age=timedelta(hours=3))
     resolved = letter(status=DeadLetterStatus.RESOLVED, age=timedelta(days=8))
-    unknown = poison()
+    unknown = poison_dead_letter()
     cases = {
         (): [unknown.pk, fresh.pk, transient.pk],
         ("--status", "all"): [unknown.pk, fresh.pk, transient.pk, resolved.pk],
@@ -232,7 +215,7 @@ def test_the_real_command_exits_0_with_a_table_and_non_zero_on_bad_input():
 # -- replay ------------------------------------------------------------------------------------
 @pytest.mark.django_db
 def test_replay_dry_run_says_what_would_run_and_changes_nothing():
-    runnable, unrunnable = letter(), poison()
+    runnable, unrunnable = letter(), poison_dead_letter()
     invalid = letter(payload={"mode": "explode"})
     out = run("replay", "--dry-run")
     assert f"would replay dead letter {runnable.pk}" in out
@@ -286,7 +269,7 @@ def test_replay_with_an_invalid_edited_payload_exits_non_zero_and_runs_nothing()
 
 @pytest.mark.django_db
 def test_replay_replays_what_it_can_and_exits_non_zero_for_the_rest():
-    runnable, unrunnable = letter(), poison()
+    runnable, unrunnable = letter(), poison_dead_letter()
     err = StringIO()
     with pytest.raises(CommandError, match="could not replay 1 dead letter"):
         call_command("deadletters", "replay", stdout=StringIO(), stderr=err)
@@ -306,7 +289,7 @@ def test_replay_takes_the_oldest_first_up_to_its_limit():
 # -- resolve -----------------------------------------------------------------------------------
 @pytest.mark.django_db
 def test_resolve_closes_matching_open_dead_letters_and_records_who():
-    unknown, kept = poison(), letter()
+    unknown, kept = poison_dead_letter(), letter()
     out = run("resolve", "--reason", "unknown_task", "--by", "ops-oncall")
     assert out.splitlines() == [
         f"resolve dead letter {unknown.pk} (billing.nonexistent, message {unknown.message_key})",
