@@ -115,22 +115,30 @@ class TrackedTask(DjangoTask):
 
     def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
         """Record the result; a job cancelled meanwhile keeps its cancelled state."""
+        tries = 0
+
+        def write() -> bool:
+            nonlocal tries
+            tries += 1
+            return Job(id=task_id).mark_succeeded(result=retval)
+
         try:
-            won = durable(lambda: Job(id=task_id).mark_succeeded(result=retval), what=f"the result of {task_id}")
+            won = durable(write, what=f"the result of {task_id}")
         except (DatabaseError, ValueError, TypeError) as exc:
             if isinstance(exc, OperationalError | InterfaceError):
                 raise  # the database is away: not the result's fault
             self._fail_unstorable(task_id, exc)
             return
-        if won or self._own_success_landed(task_id):
+        if won or (tries > 1 and self._own_success_landed(task_id)):
             self._run_terminal_hook(task_id)
         else:
             logger.warning("job %s finished but was no longer running; result discarded", task_id)
 
     def _own_success_landed(self, task_id: str) -> bool:
-        """A connection broken after the success committed makes durable() write it again: the second
-        write then finds the job succeeded, by this very attempt on this worker. That is not a late
-        finish of a job that ended without us (whose result is discarded), and its hook is due."""
+        """After a retried write: did the first try commit before its connection broke? The retry then
+        finds the job succeeded, at this attempt on this worker. That is not a late finish of a job
+        that ended without us (whose result is discarded), and its hook is due. Asked only after a
+        retry: two copies of one message on one worker (a redelivery) leave the same row behind."""
         return Job.objects.filter(
             pk=task_id, status=Status.SUCCEEDED, attempts=self.attempt, worker=self.request.hostname or ""
         ).exists()
