@@ -188,9 +188,11 @@ def alerting_env(sink: AlertSink, mail_dir: Path) -> dict[str, str]:
     }
 
 
-def quiesce(timeout: float = 15) -> None:
+def quiesce(timeout: float = 30) -> None:
     """Let the shared worker finish this test's jobs and dead letters before the tables are flushed
-    (a flush racing a worker's write fails the next test's setup)."""
+    (a flush racing a worker's write fails the next test's setup, and an alert window recorded
+    after the flush throttles the next test's first alert). 30 s: the embedded broker under a full
+    run's load can take more than 15."""
 
     def idle() -> bool:
         if Job.objects.open().exists():
