@@ -6,6 +6,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import ROOT
 
 SETTINGS = ROOT / "project" / "settings.py"
@@ -16,21 +18,40 @@ READERS = frozenset({"env_str", "env_bool", "env_int", "env_float", "env_list"})
 DEPLOY_SECTION = "## Read by the deploy scripts, not by settings"
 
 
-def variables_settings_read(source: str) -> set[str]:
-    """Every variable name the settings module reads: ``env_*("NAME", …)`` and ``os.environ`` reads."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
-        if not isinstance(node, ast.Call) or not node.args:
-            continue
-        first = node.args[0]
-        if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
-            continue
+def is_environ(node: ast.expr) -> bool:
+    """``os.environ`` or a bare ``environ`` (``from os import environ``)."""
+    return (isinstance(node, ast.Attribute) and node.attr == "environ") or (
+        isinstance(node, ast.Name) and node.id == "environ"
+    )
+
+
+def variable_read_by(node: ast.AST) -> str | None:
+    """The literal name a node reads from the environment, if it is such a read.
+
+    ``env_*("NAME", …)``; ``os.environ.get("NAME")``, ``os.environ["NAME"]``, ``os.getenv("NAME")``
+    (and the same after ``from os import environ, getenv``). The readers' own ``NAME_FILE`` lookup
+    takes a computed name and is documented once, at the top of docs/configuration.md.
+    """
+    if isinstance(node, ast.Subscript) and is_environ(node.value):
+        key = node.slice
+    elif isinstance(node, ast.Call) and node.args:
         func = node.func
-        if (isinstance(func, ast.Name) and func.id in READERS) or (
-            isinstance(func, ast.Attribute) and func.attr in {"get", "getenv"} and "environ" in ast.unparse(func)
-        ):
-            names.add(first.value)
-    return names
+        reads = (
+            (isinstance(func, ast.Name) and func.id in READERS | {"getenv"})
+            or (isinstance(func, ast.Attribute) and func.attr == "getenv")
+            or (isinstance(func, ast.Attribute) and func.attr in {"get", "setdefault"} and is_environ(func.value))
+        )
+        if not reads:
+            return None
+        key = node.args[0]
+    else:
+        return None
+    return key.value if isinstance(key, ast.Constant) and isinstance(key.value, str) else None
+
+
+def variables_settings_read(source: str) -> set[str]:
+    """Every variable name the settings module reads, found by parsing it (settings are never imported)."""
+    return {name for node in ast.walk(ast.parse(source)) if (name := variable_read_by(node))}
 
 
 def variables_documented(markdown: str) -> set[str]:
@@ -61,3 +82,27 @@ def test_the_check_sees_a_variable_missing_from_the_docs_and_one_settings_do_not
     # Then both show up
     assert "TERMINUS_NOT_DOCUMENTED" in variables_settings_read(source) - variables_documented(markdown)
     assert "TERMINUS_NOT_READ" in variables_documented(markdown) - variables_settings_read(source)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'X = env_str("TERMINUS_PROBE")',
+        'X = env_bool("TERMINUS_PROBE", False)',
+        'X = env_int("TERMINUS_PROBE", 1, minimum=0)',
+        'X = env_float("TERMINUS_PROBE", 1.0)',
+        'X = env_list("TERMINUS_PROBE", [])',
+        'X = os.environ.get("TERMINUS_PROBE")',
+        'X = os.environ["TERMINUS_PROBE"]',
+        'X = os.getenv("TERMINUS_PROBE", "")',
+        'X = environ.get("TERMINUS_PROBE")',
+        'X = getenv("TERMINUS_PROBE")',
+    ],
+)
+def test_the_check_sees_every_way_settings_can_read_a_variable(line: str):
+    assert variables_settings_read(line) == {"TERMINUS_PROBE"}
+
+
+def test_the_check_ignores_computed_names_and_other_dicts():
+    source = 'A = os.environ.get(f"{name}_FILE")\nB = os.environ.get(name)\nC = options.get("TERMINUS_PROBE")\n'
+    assert variables_settings_read(source) == set()
