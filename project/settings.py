@@ -449,6 +449,11 @@ TERMINUS_ROLLUP_INTERVAL = env_int("TERMINUS_ROLLUP_INTERVAL", 3600, minimum=1)
 TERMINUS_CLEANUP_INTERVAL = env_int("TERMINUS_CLEANUP_INTERVAL", 86400, minimum=1)
 # A cron run with no recorded end this long past its time limit died with its worker.
 TERMINUS_CRON_GRACE = env_int("TERMINUS_CRON_GRACE", 60, minimum=1)
+# Worker liveness (tasks/recovery/liveness.py): each worker's main process records its node as seen
+# this often (s); a node not seen for TERMINUS_WORKER_DEAD_AFTER is dead and its running jobs are
+# lost (run again, or failed when no attempts remain) at the next repair pass.
+TERMINUS_WORKER_HEARTBEAT = env_int("TERMINUS_WORKER_HEARTBEAT", 10, minimum=1)
+TERMINUS_WORKER_DEAD_AFTER = env_int("TERMINUS_WORKER_DEAD_AFTER", 3 * TERMINUS_WORKER_HEARTBEAT, minimum=2)
 # Reaper: a running job silent for its hard time limit plus this grace has lost its worker; the
 # grace covers a hard-limit kill being recorded and a worker retrying writes through a DB blip.
 TERMINUS_REAPER_GRACE = env_int("TERMINUS_REAPER_GRACE", 120, minimum=1)

@@ -26,7 +26,7 @@ def _commit_mode() -> str:
     return "on" if connection.in_atomic_block else "off"
 
 
-def claim(table: str, job_id: Any, worker: str) -> tuple[int, int, int, str] | None:
+def claim(table: str, job_id: Any, worker: str, node: Any = None) -> tuple[int, int, int, str] | None:
     """(attempt, lost_deliveries, max_retries, correlation_id) if this worker claimed the queued or
     retrying job, else None: the job is running (a redelivery, which Job.mark_started handles),
     terminal, cancelled or unknown.
@@ -42,6 +42,7 @@ def claim(table: str, job_id: Any, worker: str) -> tuple[int, int, int, str] | N
     sql = f"""
         UPDATE {job} SET
             status = 'running', version = version + 1, updated_at = now(), worker = %(worker)s,
+            worker_node = %(node)s,
             attempts = attempts + 1, started_at = now(), heartbeat_at = now(), next_retry_at = NULL,
             dispatched_at = COALESCE(dispatched_at, now())
         WHERE id = %(id)s AND status IN ('queued', 'retrying')
@@ -49,7 +50,7 @@ def claim(table: str, job_id: Any, worker: str) -> tuple[int, int, int, str] | N
             set_config('synchronous_commit', %(commit)s, true)
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"id": job_id, "worker": worker, "commit": _commit_mode()})
+        cursor.execute(sql, {"id": job_id, "worker": worker, "node": node, "commit": _commit_mode()})
         row = cursor.fetchone()
     return (int(row[0]), int(row[1]), int(row[2]), row[3]) if row else None
 
@@ -71,8 +72,9 @@ def mark_dispatched(table: str, job_ids: list[Any]) -> int:
         return int(cursor.fetchone()[0])
 
 
-def succeed(table: str, job_id: Any, result: Any) -> bool:
-    """Record success; False if the job was no longer running.
+def succeed(table: str, job_id: Any, result: Any, attempt: int | None = None) -> bool:
+    """Record success; False if the job no longer runs ``attempt`` (any attempt, when None): the
+    fence of results.models.jobs.fence, in the same single statement.
 
     No attempt row: the job row describes its one succeeded attempt (see JobAttempt).
     """
@@ -83,8 +85,8 @@ def succeed(table: str, job_id: Any, result: Any) -> bool:
             result = %(result)s::jsonb, next_retry_at = NULL,
             progress = CASE WHEN progress IS NULL THEN NULL ELSE 1.0 END,
             error_type = '', error_message = '', traceback = ''
-        WHERE id = %(id)s AND status = 'running'
+        WHERE id = %(id)s AND status = 'running' AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s)
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"id": job_id, "result": json.dumps(result)})
+        cursor.execute(sql, {"id": job_id, "result": json.dumps(result), "attempt": attempt})
         return cursor.rowcount == 1

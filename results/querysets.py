@@ -19,6 +19,16 @@ if TYPE_CHECKING:
 
 OPEN_STATUSES = ("queued", "running", "retrying")
 
+
+def database_now_minus(seconds: float) -> models.Expression:
+    """``now() - seconds`` computed by the database: one clock for every cutoff that compares with a
+    timestamp the database wrote (heartbeats, leases, liveness), whatever the asking host's clock says."""
+    return models.ExpressionWrapper(
+        Now() - models.Value(timedelta(seconds=seconds), output_field=models.DurationField()),
+        output_field=models.DateTimeField(),
+    )
+
+
 QS = TypeVar("QS", bound=models.QuerySet)
 
 

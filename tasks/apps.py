@@ -5,13 +5,14 @@ from django.conf import settings
 
 #: Imported in every process (web, worker, beat) once Django is ready: the Celery-native tasks
 #: (dead letters, alerts, canaries), the worker's signal handlers (event metrics) and remote-control
-#: commands. Job types (TERMINUS_JOB_MODULES) and crons (tasks.crons.beat.load) follow.
+#: commands, worker liveness. Job types (TERMINUS_JOB_MODULES) and crons (tasks.crons.beat.load) follow.
 ENGINE_MODULES = (
     "tasks.failure.dead_letters",
     "tasks.failure.alerting",
     "tasks.fleet.canaries",
     "tasks.fleet.control",
     "tasks.fleet.events",
+    "tasks.recovery.liveness",
 )
 
 

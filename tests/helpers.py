@@ -148,6 +148,17 @@ class WorkerProcess:
         assert self.proc is not None
         self.proc.wait(timeout=10)
 
+    def restart_after_failure(self) -> None:
+        """Replace a worker a failed test may have left wedged: first its main process logs every
+        thread's stack (Celery's SIGUSR1 handler), so its log shows where it was stuck."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGUSR1)
+            time.sleep(1)
+            self.stop(timeout=10)
+        with self.log_path.open("ab") as log:
+            log.write(b"\n--- restarted by the test suite after a failed test ---\n")
+        self.start()
+
     def stop(self, *, timeout: float = 30) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL the group if it does not exit in time."""
         if not self.alive():

@@ -22,6 +22,7 @@ from results.models.jobs import (
 )
 from results.models.monitoring import HealthState, MetricsRollup, QueueCanary
 from results.models.tenants import Membership, Tenant
+from results.models.workers import WorkerNode
 
 __all__ = [
     "ALLOWED_SOURCES",
@@ -46,4 +47,5 @@ __all__ = [
     "QueueCanary",
     "Status",
     "Tenant",
+    "WorkerNode",
 ]

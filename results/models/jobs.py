@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from results import fastpath
 from results.models.tenants import Tenant
+from results.models.workers import node_not_alive
 from results.querysets import JobQuerySet
 from results.storable import storable_json, storable_text, storable_traceback
 
@@ -94,6 +95,34 @@ def _sources(target: str) -> list[str]:
     return sorted(ALLOWED_SOURCES[target])
 
 
+def fence(*, attempt: int | None = None, node: uuid.UUID | str | None = None) -> Q | None:
+    """The guard of a worker's write about its own attempt: the job is still running *that* attempt.
+
+    ``attempt`` is what the pool child claimed; ``node`` serves the worker's main process, which
+    does not know the attempt (a hard time limit) but knows its own incarnation. A write from an
+    attempt that is no longer the current one (its worker was paused or partitioned, and the job was
+    given to another) then changes nothing: a stale worker can never overwrite a newer attempt.
+    """
+    if attempt is None and node is None:
+        return None
+    guard = Q(status=Status.RUNNING)
+    if attempt is not None:
+        guard &= Q(attempts=attempt)
+    if node is not None:
+        guard &= Q(worker_node=node)
+    return guard
+
+
+def redelivery_allowed(node: uuid.UUID | str | None) -> Q:
+    """A claim from RUNNING (the message was delivered again) takes over the attempt only if the node
+    running it is not alive, or is the claiming node itself (its pool child died and the message came
+    back to it). A copy delivered while the attempt runs on a live node is a duplicate: not run."""
+    alive_elsewhere = ~node_not_alive("worker_node", dead_after=settings.TERMINUS_WORKER_DEAD_AFTER)
+    if node is not None:
+        alive_elsewhere &= ~Q(worker_node=node)
+    return Q(status__in=[Status.QUEUED, Status.RETRYING]) | (Q(status=Status.RUNNING) & ~alive_elsewhere)
+
+
 class Job(models.Model):
     """One submitted job, from the moment it is submitted until (and after) it is terminal."""
 
@@ -114,6 +143,10 @@ class Job(models.Model):
     error_message = models.TextField(blank=True, default="")
     traceback = models.TextField(blank=True, default="")
     worker = models.CharField(max_length=255, blank=True, default="", help_text="Hostname of the last worker.")
+    # No foreign key: the claim stays one cheap UPDATE, and node rows may be cleaned up before jobs.
+    worker_node = models.UUIDField(
+        null=True, blank=True, help_text="The worker incarnation (WorkerNode) that claimed the current attempt."
+    )
     correlation_id = models.CharField(max_length=100, blank=True, default="")  # indexed: job_correlation
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
@@ -274,21 +307,24 @@ class Job(models.Model):
             for start in range(0, len(job_ids), 1000)
         )
 
-    def mark_started(self, *, worker: str) -> Claim | None:
-        """Claim the job for one attempt; None means it is terminal (or cancelled) and must not run.
+    def mark_started(self, *, worker: str, node: uuid.UUID | str | None = None) -> Claim | None:
+        """Claim the job for one attempt (by worker ``node``, an incarnation: WorkerNode); None means it
+        is terminal, cancelled, or running on another live node, and must not run.
 
-        A claim from RUNNING is a redelivery whose previous worker died: it counts as a lost
-        delivery and the attempt it interrupted is recorded as ``lost``.
+        A claim from RUNNING is a redelivery whose previous worker died (see redelivery_allowed): it
+        counts as a lost delivery and the attempt it interrupted is recorded as ``lost``.
         """
         if connection.vendor == "postgresql":
             # The common case, queued or retrying: one statement.
-            row = fastpath.claim(self._meta.db_table, self.pk, worker)
+            row = fastpath.claim(self._meta.db_table, self.pk, worker, node)
             if row:
                 return Claim(*row)
         old = self._move(
             Status.RUNNING,
             (AttemptOutcome.LOST, "worker_lost", LOST_MESSAGE),  # recorded if it was running: a redelivery
+            guard=redelivery_allowed(node),
             worker=worker,
+            worker_node=node,
             attempts=F("attempts") + 1,
             lost_deliveries=Case(
                 When(status=Status.RUNNING, then=F("lost_deliveries") + 1),
@@ -309,22 +345,43 @@ class Job(models.Model):
             correlation_id=old["correlation_id"],
         )
 
-    def heartbeat(self, *, progress: float | None = None, message: str | None = None) -> bool:
-        """Prove the running attempt is alive; False means the job is no longer running (cancelled)."""
+    def heartbeat(
+        self, *, attempt: int | None = None, progress: float | None = None, message: str | None = None
+    ) -> bool:
+        """Prove the running attempt is alive; False means the job no longer runs this attempt
+        (cancelled, or given to another attempt: ``superseded`` tells which)."""
         fields: dict[str, Any] = {"heartbeat_at": Now(), "updated_at": Now(), "version": F("version") + 1}
         if progress is not None:
             fields["progress"] = min(1.0, max(0.0, float(progress)))
         if message is not None:
             fields["progress_message"] = storable_text(message, 200)
-        return Job.objects.filter(pk=self.pk, status=Status.RUNNING).update(**fields) == 1
+        return Job.objects.filter(fence(attempt=attempt) or Q(status=Status.RUNNING), pk=self.pk).update(**fields) == 1
 
-    def mark_retrying(self, *, error_type: str, error_message: str, next_retry_at: datetime) -> bool:
-        """Record a transient failure; the attempt is closed and the next one scheduled."""
+    def superseded(self, *, attempt: int) -> bool:
+        """Whether a later attempt than ``attempt`` has started: a write from ``attempt`` is stale.
+
+        Asked only after a fenced write changed nothing, to tell a stale worker (logged and counted)
+        from a job that merely ended meanwhile (cancelled, failed by its deadline).
+        """
+        return Job.objects.filter(pk=self.pk, attempts__gt=attempt).exists()
+
+    def mark_retrying(
+        self,
+        *,
+        error_type: str,
+        error_message: str,
+        next_retry_at: datetime,
+        attempt: int | None = None,
+        node: uuid.UUID | str | None = None,
+    ) -> bool:
+        """Record a transient failure; the attempt is closed and the next one scheduled (fenced by the
+        worker's ``attempt`` or ``node``, see fence)."""
         error_type, error_message = storable_text(error_type, 200), storable_text(error_message)
         return (
             self._move(
                 Status.RETRYING,
                 (AttemptOutcome.RETRIED, error_type, error_message),
+                guard=fence(attempt=attempt, node=node),
                 error_type=error_type,
                 error_message=error_message,
                 next_retry_at=next_retry_at,
@@ -333,15 +390,17 @@ class Job(models.Model):
             is not None
         )
 
-    def mark_succeeded(self, *, result: Any) -> bool:
-        """Record the result (made storable: results.storable); False if the job was no longer running."""
+    def mark_succeeded(self, *, result: Any, attempt: int | None = None) -> bool:
+        """Record the result (made storable: results.storable); False if the job no longer runs
+        ``attempt`` (any attempt, when None)."""
         result = storable_json(result)
         if connection.vendor == "postgresql":
-            return fastpath.succeed(self._meta.db_table, self.pk, result)
+            return fastpath.succeed(self._meta.db_table, self.pk, result, attempt)
         return (
             self._move(
                 Status.SUCCEEDED,
                 None,  # the job row records its one succeeded attempt (attempt_history)
+                guard=fence(attempt=attempt),
                 result=result,
                 finished_at=Now(),
                 next_retry_at=None,
@@ -355,13 +414,23 @@ class Job(models.Model):
             is not None
         )
 
-    def mark_failed(self, *, error_type: str, error_message: str, traceback: str = "") -> bool:
-        """Fail for good, from any open state (worker, main process after a hard time limit, reaper)."""
+    def mark_failed(
+        self,
+        *,
+        error_type: str,
+        error_message: str,
+        traceback: str = "",
+        attempt: int | None = None,
+        node: uuid.UUID | str | None = None,
+    ) -> bool:
+        """Fail for good, from any open state (reaper, API), or from the attempt a worker runs: the pool
+        child's ``attempt``, or the main process's ``node`` after a hard time limit (see fence)."""
         error_type, error_message = storable_text(error_type, 200), storable_text(error_message)
         return (
             self._move(
                 Status.FAILED,
                 (AttemptOutcome.FAILED, error_type, error_message),
+                guard=fence(attempt=attempt, node=node),
                 error_type=error_type,
                 error_message=error_message,
                 traceback=storable_traceback(traceback),
@@ -385,26 +454,24 @@ class Job(models.Model):
             is not None
         )
 
-    def reap_lost(self, *, seen_version: int, stale_before: datetime, retry: bool) -> bool:
-        """The reaper's verdict on a running attempt that has not proved alive since ``stale_before``.
+    def mark_lost(self, *, attempt: int, retry: bool, why: str, guard: Q | None = None) -> bool:
+        """The verdict on running ``attempt`` whose worker is gone (``why`` says how that is known).
 
         The attempt is closed as ``lost`` and counted as a lost delivery; the job is then due again
-        at once (``retry``: RETRYING, re-dispatched by the caller) or fails for good as ``lost``.
-        One guarded UPDATE on the version the reaper read: a heartbeat, a redelivery, a late result
-        or a second reaper that wrote first wins instead, and this returns False.
+        at once (``retry``: RETRYING, published by the caller) or fails for good as ``lost``. One
+        guarded UPDATE on the attempt read (and ``guard``): a redelivery, a late result or a second
+        repairer that wrote first wins instead, and this returns False. A late write from the lost
+        attempt itself is then refused (fence).
         """
-        message = "its worker stopped proving it was alive (no heartbeat past the hard time limit plus grace)"
         fields: dict[str, Any] = {"lost_deliveries": F("lost_deliveries") + 1, "error_type": "lost"}
         if retry:
             target = Status.RETRYING
-            fields.update(next_retry_at=Now(), heartbeat_at=None, error_message=f"{message}; run again")
+            fields.update(next_retry_at=Now(), heartbeat_at=None, error_message=f"{why}; run again")
         else:
             target = Status.FAILED
-            fields.update(finished_at=Now(), next_retry_at=None, error_message=f"{message}; no attempts left")
-        guard = Q(status=Status.RUNNING, version=seen_version) & (
-            Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True)
-        )
-        return self._move(target, (AttemptOutcome.LOST, "lost", message), guard=guard, **fields) is not None
+            fields.update(finished_at=Now(), next_retry_at=None, error_message=f"{why}; no attempts left")
+        guard = fence(attempt=attempt) & (guard or Q())
+        return self._move(target, (AttemptOutcome.LOST, "lost", why), guard=guard, **fields) is not None
 
     def claim_terminal_hook(self, *, lease_before: datetime) -> bool:
         """Take one run of the on_terminal hook; False means it is done, not due, or being run elsewhere.

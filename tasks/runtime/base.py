@@ -24,8 +24,10 @@ from project.sentry import TRACKED_TAG
 from results.models import DeadLetterReason, Job, Status
 from tasks.failure.dead_letters import dead_letter_job, reason_for
 from tasks.runtime.durable import durable
-from tasks.runtime.errors import JobCancelled, describe_error
+from tasks.runtime.errors import AttemptSuperseded, JobCancelled, describe_error
 from tasks.runtime.hooks import run_terminal_hook
+from tasks.runtime.node import current_node
+from tasks.runtime.stale import refused_as_stale
 
 if TYPE_CHECKING:
     from billiard.einfo import ExceptionInfo
@@ -55,21 +57,37 @@ class TrackedTask(DjangoTask):
         return int(getattr(self.request, "terminus_attempt", 0))
 
     def heartbeat(self, progress: float | None = None, message: str | None = None) -> None:
-        """Prove this attempt is alive (and report progress); stops the job if it was cancelled."""
+        """Prove this attempt is alive (and report progress); stops the job if it was cancelled, or
+        if a later attempt took it over (this worker was presumed dead), without touching the record."""
+        attempt = self.attempt or None
         try:
-            alive = Job(id=self.request.id).heartbeat(progress=progress, message=message)
+            alive = Job(id=self.request.id).heartbeat(attempt=attempt, progress=progress, message=message)
         except (OperationalError, InterfaceError):
             logger.warning("heartbeat of job %s not recorded (database unavailable)", self.request.id)
             connection.close()
             return
-        if not alive:
-            raise JobCancelled(f"job {self.request.id} is no longer running")
+        if alive:
+            return
+        if refused_as_stale(self.job_id, attempt=self.attempt, type_name=self.name, write="heartbeat"):
+            raise AttemptSuperseded(f"job {self.request.id}: attempt {attempt} was superseded")
+        raise JobCancelled(f"job {self.request.id} is no longer running")
+
+    def _fence(self, task_id: str) -> dict[str, Any]:
+        """What this process's writes about ``task_id`` are fenced by (results.models.jobs.fence): the
+        attempt it claimed, in the pool child; its worker incarnation, in the main process (a hard time
+        limit, or a job cancelled on a broker connection loss), which never claimed the attempt."""
+        if self.request.id == task_id and self.attempt:
+            return {"attempt": self.attempt}
+        return {"node": current_node()}
 
     # -- Celery hooks --------------------------------------------------------------------------
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
         """Claim the record; a terminal or cancelled job (e.g. a redelivered message) does not run."""
         job = Job(id=task_id)  # id=, not pk=: pk= would also draw a default uuid4 for id, on every job
-        claim = durable(lambda: job.mark_started(worker=self.request.hostname or ""), what=f"the start of {task_id}")
+        claim = durable(
+            lambda: job.mark_started(worker=self.request.hostname or "", node=current_node()),
+            what=f"the start of {task_id}",
+        )
         if claim is None:
             logger.warning("job %s not run: it is terminal, cancelled or unknown", task_id)
             raise Ignore()
@@ -79,6 +97,7 @@ class TrackedTask(DjangoTask):
             sentry_sdk.set_tag(TRACKED_TAG, "1")  # its failures reach Sentry through the dead letter
         if claim.lost_deliveries >= settings.TERMINUS_MAX_LOST_DELIVERIES:
             won = job.mark_failed(
+                attempt=claim.attempt,
                 error_type="worker_lost",
                 error_message=(
                     f"the worker died {claim.lost_deliveries} times while running this job "
@@ -106,21 +125,25 @@ class TrackedTask(DjangoTask):
         else:
             next_retry_at = when or timezone.now()
         error_type, error_message = describe_error(exc)
-        durable(
+        fence = self._fence(task_id)
+        won = durable(
             lambda: Job(id=task_id).mark_retrying(
-                error_type=error_type, error_message=error_message, next_retry_at=next_retry_at
+                error_type=error_type, error_message=error_message, next_retry_at=next_retry_at, **fence
             ),
             what=f"the retry of {task_id}",
         )
+        if not won:
+            refused_as_stale(task_id, attempt=fence.get("attempt", 0), type_name=self.name, write="retry")
 
     def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
         """Record the result; a job cancelled meanwhile keeps its cancelled state."""
         tries = 0
+        attempt = self._fence(task_id).get("attempt")
 
         def write() -> bool:
             nonlocal tries
             tries += 1
-            return Job(id=task_id).mark_succeeded(result=retval)
+            return Job(id=task_id).mark_succeeded(result=retval, attempt=attempt)
 
         try:
             won = durable(write, what=f"the result of {task_id}")
@@ -131,28 +154,29 @@ class TrackedTask(DjangoTask):
             return
         if won or (tries > 1 and self._own_success_landed(task_id)):
             self._run_terminal_hook(task_id)
-        else:
+        elif not refused_as_stale(task_id, attempt=attempt or 0, type_name=self.name, write="success"):
             logger.warning("job %s finished but was no longer running; result discarded", task_id)
 
     def _own_success_landed(self, task_id: str) -> bool:
         """After a retried write: did the first try commit before its connection broke? The retry then
-        finds the job succeeded, at this attempt on this worker. That is not a late finish of a job
-        that ended without us (whose result is discarded), and its hook is due. Asked only after a
-        retry: two copies of one message on one worker (a redelivery) leave the same row behind."""
-        return Job.objects.filter(
-            pk=task_id, status=Status.SUCCEEDED, attempts=self.attempt, worker=self.request.hostname or ""
-        ).exists()
+        finds the job succeeded at this attempt, which only this attempt's success can write (fence).
+        That is not a late finish of a job that ended without us (whose result is discarded), and its
+        hook is due."""
+        return Job.objects.filter(pk=task_id, status=Status.SUCCEEDED, attempts=self.attempt).exists()
 
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: ExceptionInfo) -> None:
         """Fail the record for good: retries exhausted, non-retryable error or a time limit."""
         error_type, error_message = describe_error(exc)
         traceback = str(einfo.traceback) if einfo is not None else ""
+        fence = self._fence(task_id)
         won = durable(
             lambda: Job(id=task_id).mark_failed(
-                error_type=error_type, error_message=error_message, traceback=traceback
+                error_type=error_type, error_message=error_message, traceback=traceback, **fence
             ),
             what=f"the failure of {task_id}",
         )
+        if not won:
+            refused_as_stale(task_id, attempt=fence.get("attempt", 0), type_name=self.name, write="failure")
         if won:
             dead_letter_job(task_id, reason=reason_for(error_type, retryable=self._retryable(exc)))
             if self.request.id == task_id:  # in the pool child; the main process (hard limit) leaves it to the reaper
@@ -162,8 +186,9 @@ class TrackedTask(DjangoTask):
         """The result could not be written even once made storable: fail the job saying why, never leave it open."""
         logger.error("job %s: its result could not be stored (%s); failing it", task_id, exc)
         message = f"the job finished but its result could not be stored: {type(exc).__name__}: {exc}"
+        fence = self._fence(task_id)
         won = durable(
-            lambda: Job(id=task_id).mark_failed(error_type="ResultNotStorable", error_message=message),
+            lambda: Job(id=task_id).mark_failed(error_type="ResultNotStorable", error_message=message, **fence),
             what=f"the failure of {task_id}",
         )
         if won:
@@ -209,5 +234,6 @@ def _record_rejected(sender: Any = None, task_id: str | None = None, exception: 
     """A job that rejects its own message (Reject(requeue=False)) fails for good and is dead-lettered."""
     if not isinstance(sender, TrackedTask) or not isinstance(exception, Reject) or exception.requeue:
         return
-    if Job(id=task_id).mark_failed(error_type="Rejected", error_message=str(exception.reason or "rejected")):
+    fence = sender._fence(str(task_id))
+    if Job(id=task_id).mark_failed(error_type="Rejected", error_message=str(exception.reason or "rejected"), **fence):
         dead_letter_job(task_id, reason=DeadLetterReason.REJECTED)

@@ -18,6 +18,11 @@ class JobCancelled(Ignore):
     """Raised from a heartbeat when the job was cancelled: the attempt stops, nothing is recorded twice."""
 
 
+class AttemptSuperseded(JobCancelled):
+    """Raised from a heartbeat when a later attempt has taken the job over (this worker was presumed
+    dead): the stale body stops without touching the record, which belongs to the new attempt."""
+
+
 def describe_error(exc: BaseException) -> tuple[str, str]:
     """(error_type, error_message) as stored on the record and shown to clients."""
     if isinstance(exc, TimeLimitExceeded):

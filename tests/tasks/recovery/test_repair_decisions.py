@@ -1,6 +1,6 @@
-"""Each reaper decision is one guarded UPDATE: racing reapers and late workers cannot both win.
+"""Each repair decision is one guarded UPDATE: racing repairers and late workers cannot both win.
 
-These run the reaper's steps in the test process against the real database (no beat here, so
+These run the repair pass's steps in the test process against the real database (no beat here, so
 nothing else decides for these rows), with two threads where a race is the point.
 """
 
@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.db.models import Q
 from django.utils import timezone
 
 from results.models import AttemptOutcome, Job, JobAttempt, Status
-from tasks.crons.reaper import Pass, _claim, reap_lost_running, redispatch_lost_queued
+from tasks.recovery.repairs import SILENT_PAST_LIMIT, Pass, _claim, reap_lost_running, redispatch_lost_queued
 from tasks.submit.outbox import _new_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -62,10 +63,9 @@ def race(*calls: Any) -> list[Any]:
 
 def test_two_reapers_racing_for_one_lost_job_count_one_loss():
     job = running_job(heartbeat_age=600)
-    stale_before = timezone.now() - timedelta(seconds=10)
 
     def verdict() -> bool:
-        return Job(pk=job.pk).reap_lost(seen_version=job.version, stale_before=stale_before, retry=True)
+        return Job(pk=job.pk).mark_lost(attempt=job.attempts, retry=True, why=SILENT_PAST_LIMIT)
 
     assert sorted(race(verdict, verdict)) == [False, True]
     after = Job.objects.get(pk=job.pk)
@@ -75,18 +75,19 @@ def test_two_reapers_racing_for_one_lost_job_count_one_loss():
 
 def test_a_late_worker_cannot_overwrite_the_reapers_verdict():
     job = running_job(heartbeat_age=600)
-    assert job.reap_lost(seen_version=job.version, stale_before=timezone.now(), retry=True)
+    assert job.mark_lost(attempt=job.attempts, retry=True, why=SILENT_PAST_LIMIT)
     # The worker that was presumed dead speaks up: its heartbeat is refused (it stops) and so is
     # its result; the job waits for its re-dispatched attempt instead.
-    assert Job(pk=job.pk).heartbeat(progress=0.5) is False
-    assert Job(pk=job.pk).mark_succeeded(result={"late": True}) is False
+    assert Job(pk=job.pk).heartbeat(attempt=job.attempts, progress=0.5) is False
+    assert Job(pk=job.pk).mark_succeeded(result={"late": True}, attempt=job.attempts) is False
     assert Job.objects.get(pk=job.pk).status == Status.RETRYING
 
 
 def test_a_heartbeat_that_lands_first_wins_over_the_reaper():
     job = running_job(heartbeat_age=600)
-    assert Job(pk=job.pk).heartbeat()  # alive after all: the version the reaper read is stale
-    assert job.reap_lost(seen_version=job.version, stale_before=timezone.now(), retry=True) is False
+    assert Job(pk=job.pk).heartbeat()  # alive after all: the version the repairer read is stale
+    silent_guard = Q(version=job.version)
+    assert job.mark_lost(attempt=job.attempts, retry=True, why=SILENT_PAST_LIMIT, guard=silent_guard) is False
     assert Job.objects.get(pk=job.pk).status == Status.RUNNING
 
 
