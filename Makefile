@@ -10,9 +10,11 @@ PORT ?= 8000
 # Test settings shared by both passes: short backoff and time limits so retries take seconds; the
 # webhook tests' receivers listen on loopback, an internal receiver the outbound policy must be told of
 # (tests/security/test_outbound.py starts its own workers without it: the production default); the
-# suite's tenant users drive the diagnostics job types (tests/security/test_audience.py proves the default).
+# suite's tenant users drive the diagnostics job types (tests/security/test_audience.py proves the default);
+# the shared workers leave the repair pass to the tests that drive it (tests/tasks/recovery start their
+# workers with the production default, TERMINUS_REPAIR_INTERVAL=15).
 TEST_ENV := TERMINUS_RETRY_BACKOFF_BASE=0.2 TERMINUS_RETRY_BACKOFF_MAX=1 TERMINUS_DIAGNOSTICS_TIME_LIMIT=3 TERMINUS_ALERT_WINDOW=5 \
-	TERMINUS_OUTBOUND_ALLOW=127.0.0.1/32 TERMINUS_DIAGNOSTICS_AUDIENCE=everyone
+	TERMINUS_OUTBOUND_ALLOW=127.0.0.1/32 TERMINUS_DIAGNOSTICS_AUDIENCE=everyone TERMINUS_REPAIR_INTERVAL=0
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/terminus
 TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672//

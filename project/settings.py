@@ -454,6 +454,11 @@ TERMINUS_CRON_GRACE = env_int("TERMINUS_CRON_GRACE", 60, minimum=1)
 # lost (run again, or failed when no attempts remain) at the next repair pass.
 TERMINUS_WORKER_HEARTBEAT = env_int("TERMINUS_WORKER_HEARTBEAT", 10, minimum=1)
 TERMINUS_WORKER_DEAD_AFTER = env_int("TERMINUS_WORKER_DEAD_AFTER", 3 * TERMINUS_WORKER_HEARTBEAT, minimum=2)
+# The repair pass (tasks/recovery/repairs.py) runs from every worker node, one at a time, this often
+# (s; 0: only the reaper cron runs it); a node holding its lease longer than TERMINUS_REPAIR_LEASE is
+# presumed dead mid-pass and another takes over.
+TERMINUS_REPAIR_INTERVAL = env_int("TERMINUS_REPAIR_INTERVAL", 15, minimum=0)
+TERMINUS_REPAIR_LEASE = env_int("TERMINUS_REPAIR_LEASE", 120, minimum=10)
 # Reaper: a running job silent for its hard time limit plus this grace has lost its worker; the
 # grace covers a hard-limit kill being recorded and a worker retrying writes through a DB blip.
 TERMINUS_REAPER_GRACE = env_int("TERMINUS_REAPER_GRACE", 120, minimum=1)

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 OPEN_STATUSES = ("queued", "running", "retrying")
 
 
+def database_now_plus(seconds: float) -> models.Expression:
+    """``now() + seconds`` computed by the database (see database_now_minus)."""
+    return database_now_minus(-seconds)
+
+
 def database_now_minus(seconds: float) -> models.Expression:
     """``now() - seconds`` computed by the database: one clock for every cutoff that compares with a
     timestamp the database wrote (heartbeats, leases, liveness), whatever the asking host's clock says."""

@@ -78,8 +78,17 @@ test_database_url.__test__ = False  # type: ignore[attr-defined]
 class WorkerProcess:
     """A real ``celery -A project worker`` process (prefork unless told otherwise)."""
 
-    def __init__(self, *, queues: str, log_path: Path, concurrency: int = 1, pool: str = "prefork", **env: str):
-        self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
+    def __init__(
+        self,
+        *,
+        queues: str,
+        log_path: Path,
+        concurrency: int = 1,
+        pool: str = "prefork",
+        name: str | None = None,
+        **env: str,
+    ):
+        self.name = name or f"test-{uuid.uuid4().hex[:8]}@localhost"  # name=: the same node started again
         self.queues = queues
         self.log_path = log_path
         self.env = {**os.environ, "DATABASE_URL": test_database_url(), **{k: str(v) for k, v in env.items()}}

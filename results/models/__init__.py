@@ -22,7 +22,7 @@ from results.models.jobs import (
 )
 from results.models.monitoring import HealthState, MetricsRollup, QueueCanary
 from results.models.tenants import Membership, Tenant
-from results.models.workers import WorkerNode
+from results.models.workers import RepairLease, WorkerNode
 
 __all__ = [
     "ALLOWED_SOURCES",
@@ -45,6 +45,7 @@ __all__ = [
     "Membership",
     "MetricsRollup",
     "QueueCanary",
+    "RepairLease",
     "Status",
     "Tenant",
     "WorkerNode",

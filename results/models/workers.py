@@ -16,13 +16,14 @@ process that asks: the timestamps it compares were written by the database too.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from django.db import models
+from django.db import IntegrityError, models, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from results.querysets import database_now_minus
+from results.querysets import database_now_minus, database_now_plus
 
 
 class WorkerNodeQuerySet(models.QuerySet):
@@ -86,3 +87,64 @@ def node_not_alive(field: str, *, dead_after: float) -> Q:
     """Rows whose ``field`` (a node id) names no live incarnation: empty, unknown, stopped or silent."""
     alive = WorkerNode.objects.alive(dead_after=dead_after).filter(pk=OuterRef(field))
     return Q(**{f"{field}__isnull": True}) | ~Exists(alive)
+
+
+class RepairLease(models.Model):
+    """Who runs the repair pass, and when it last completed: one pass at a time across the fleet.
+
+    Every worker node tries to take the lease (tasks.recovery.liveness); one guarded UPDATE on the
+    database's clock decides. The holder keeps it for the pass (``held_until`` bounds a holder that
+    dies mid-pass), then hands it back due again TERMINUS_REPAIR_INTERVAL later, to whichever node
+    asks first. ``last_completed_at`` is what /readyz reads: no completed pass means no repairs.
+    """
+
+    name = models.CharField(max_length=50, primary_key=True)
+    holder = models.UUIDField(null=True, blank=True, help_text="The worker incarnation that took it last.")
+    held_until = models.DateTimeField(default=timezone.now, help_text="Free to take from this time on.")
+    last_completed_at = models.DateTimeField(null=True, blank=True)
+    last_counts = models.JSONField(default=dict, blank=True, help_text="What the last completed pass repaired.")
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return f"{self.name}: last completed {self.last_completed_at or 'never'}"
+
+    @classmethod
+    def take(cls, name: str, *, holder: Any, hold_for: float) -> bool:
+        """True if ``holder`` now holds the lease (it was free): it may run one pass."""
+        if not cls.objects.filter(name=name).exists():
+            try:
+                with transaction.atomic():
+                    cls.objects.create(name=name)
+            except IntegrityError:
+                pass  # another node created it first
+        return (
+            cls.objects.filter(name=name, held_until__lte=Now()).update(
+                holder=holder, held_until=database_now_plus(hold_for)
+            )
+            == 1
+        )
+
+    @classmethod
+    def complete(cls, name: str, *, holder: Any, due_in: float, counts: dict[str, Any]) -> bool:
+        """Record a completed pass and hand the lease back, due again in ``due_in`` seconds."""
+        return (
+            cls.objects.filter(name=name, holder=holder).update(
+                held_until=database_now_plus(due_in), last_completed_at=Now(), last_counts=counts
+            )
+            == 1
+        )
+
+    @classmethod
+    def seconds_since_completed(cls, name: str) -> float | None:
+        """Seconds since the last completed pass, by the database's clock; None if none ever completed."""
+        row = (
+            cls.objects.filter(name=name, last_completed_at__isnull=False)
+            .annotate(
+                age=models.ExpressionWrapper(Now() - models.F("last_completed_at"), output_field=models.DurationField())
+            )
+            .values_list("age", flat=True)
+            .first()
+        )
+        return row.total_seconds() if row is not None else None

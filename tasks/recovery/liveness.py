@@ -8,6 +8,9 @@
 - A thread of the main process records the node as seen every TERMINUS_WORKER_HEARTBEAT seconds,
   whatever the pool children are doing; a node silent for TERMINUS_WORKER_DEAD_AFTER is dead and
   the repair pass recovers its jobs (tasks.recovery.repairs.recover_dead_nodes).
+- The same thread runs the repair pass (tasks.recovery.repairs) every TERMINUS_REPAIR_INTERVAL
+  seconds, on one node at a time (results.models.RepairLease): while any worker is alive, the jobs
+  of a dead one are repaired, whether or not beat and the ``crons`` worker are.
 - A warm shutdown records the incarnation as stopped, after the pool finished its jobs.
 
 The signal handlers connect when this module is imported (tasks.apps imports it in every process;
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +30,8 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from results.models import WorkerNode
-from tasks.recovery.repairs import NODE_RESTARTED, Pass, recover_jobs_of_node
+from results.models import RepairLease, WorkerNode
+from tasks.recovery.repairs import NODE_RESTARTED, Pass, recover_jobs_of_node, repair_pass
 from tasks.runtime.durable import durable
 from tasks.runtime.node import current_node, set_current_node
 
@@ -42,8 +46,13 @@ def _boot_id() -> str:
         return ""
 
 
+#: The lease the worker nodes share for the repair pass.
+REPAIR_LEASE = "repair"
+
+
 class NodeHeartbeat(threading.Thread):
-    """Records the node as seen every TERMINUS_WORKER_HEARTBEAT seconds, until stopped."""
+    """Records the node as seen every TERMINUS_WORKER_HEARTBEAT seconds, and takes its turn at the
+    repair pass, until stopped."""
 
     def __init__(self, node: WorkerNode) -> None:
         super().__init__(name="terminus-node-heartbeat", daemon=True)
@@ -51,10 +60,35 @@ class NodeHeartbeat(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        interval = settings.TERMINUS_REPAIR_INTERVAL
+        next_beat = time.monotonic() + settings.TERMINUS_WORKER_HEARTBEAT
+        # Each node asks for the lease three times per interval: a pass is due at most a third late.
+        next_repair = time.monotonic() if interval else float("inf")
         try:
-            while not self.stopping.wait(settings.TERMINUS_WORKER_HEARTBEAT):
-                self.beat()
+            while not self.stopping.wait(max(0.0, min(next_beat, next_repair) - time.monotonic())):
+                if time.monotonic() >= next_beat:
+                    self.beat()
+                    next_beat = time.monotonic() + settings.TERMINUS_WORKER_HEARTBEAT
+                if time.monotonic() >= next_repair:
+                    self.repair()
+                    next_repair = time.monotonic() + interval / 3
         finally:
+            connection.close()
+
+    def repair(self) -> None:
+        """One repair pass if this node's turn has come (it took the lease)."""
+        try:
+            if not RepairLease.take(REPAIR_LEASE, holder=self.node.pk, hold_for=settings.TERMINUS_REPAIR_LEASE):
+                return
+            this = Pass()
+            counts = repair_pass(this)
+            RepairLease.complete(
+                REPAIR_LEASE, holder=self.node.pk, due_in=settings.TERMINUS_REPAIR_INTERVAL, counts=counts
+            )
+            if any(counts.values()) or this.errors:
+                logger.warning("repair pass: %s; errors: %s", counts, this.errors[:10] or "none")
+        except Exception:  # the loop must outlive any one pass; the lease frees itself (held_until)
+            logger.exception("repair pass failed")
             connection.close()
 
     def beat(self) -> None:
