@@ -4,4 +4,4 @@ Django's admin autodiscovery imports this package; importing each area registers
 Nothing else imports the admin: it is a face, on the top floor.
 """
 
-from results.admin import crons, dead_letters, jobs, tenants  # noqa: F401  (registers each area's ModelAdmins)
+from results.admin import crons, dead_letters, jobs, tenants, workers  # noqa: F401  (registers each area's ModelAdmins)

@@ -22,11 +22,12 @@ from results.models.jobs import (
 )
 from results.models.monitoring import HealthState, MetricsRollup, QueueCanary
 from results.models.tenants import Membership, Tenant
-from results.models.workers import RepairLease, WorkerNode
+from results.models.workers import REPAIR_PASS, RepairLease, WorkerNode
 
 __all__ = [
     "ALLOWED_SOURCES",
     "LOST_MESSAGE",
+    "REPAIR_PASS",
     "TERMINAL_STATUSES",
     "Alert",
     "AlertStatus",

@@ -89,6 +89,10 @@ def node_not_alive(field: str, *, dead_after: float) -> Q:
     return Q(**{f"{field}__isnull": True}) | ~Exists(alive)
 
 
+#: The lease the worker nodes share for the repair pass (tasks.recovery.liveness), read by /readyz.
+REPAIR_PASS = "repair"  # noqa: S105 - a lease name, not a password
+
+
 class RepairLease(models.Model):
     """Who runs the repair pass, and when it last completed: one pass at a time across the fleet.
 

@@ -12,6 +12,8 @@ The checks (each answers within a few seconds, even with the broker down):
 |                | TERMINUS_READY_DLQ_MAX_AGE                                                     |
 | canaries       | no queue's canary has waited longer than TERMINUS_CANARY_TIMEOUT               |
 | deadlines      | no open job is past ``terminal_by`` by more than TERMINUS_READY_DEADLINE_GRACE |
+| repairs        | a repair pass completed within 3 times TERMINUS_REPAIR_INTERVAL (any worker runs |
+|                | it); always ok with TERMINUS_REPAIR_INTERVAL=0 (beat's reaper cron runs it)     |
 
 ``/readyz`` runs them on request; the health cron runs them every TERMINUS_HEALTH_INTERVAL and
 then sends a canary through every queue. Both record each verdict in ``HealthState`` with one
@@ -37,16 +39,16 @@ from django.db import connection
 from django.utils import timezone
 
 from project.celery import app
-from results.models import CronRun, HealthState, Job, QueueCanary
+from results.models import REPAIR_PASS, CronRun, HealthState, Job, QueueCanary, RepairLease
 from tasks.failure.dead_letters import queue_stats
 from tasks.failure.ops_alerts import ops_alert
 from tasks.fleet.probes import known_queues
 
 logger = logging.getLogger(__name__)
 
-CHECKS = ("database", "broker", "workers", "beat", "dead_letters", "canaries", "deadlines")
+CHECKS = ("database", "broker", "workers", "beat", "dead_letters", "canaries", "deadlines", "repairs")
 #: Checks that read the database (reported as not run when the database is down).
-DATABASE_CHECKS = frozenset({"beat", "dead_letters", "canaries", "deadlines"})
+DATABASE_CHECKS = frozenset({"beat", "dead_letters", "canaries", "deadlines", "repairs"})
 
 
 @dataclass
@@ -158,6 +160,20 @@ def check_deadlines() -> Check:
     return Check("deadlines", count == 0, detail)
 
 
+def check_repairs() -> Check:
+    """No completed repair pass for 3 intervals: the jobs of a dead worker are not being recovered."""
+    interval = settings.TERMINUS_REPAIR_INTERVAL
+    if not interval:
+        return Check("repairs", True, {"run_by": "the reaper cron (TERMINUS_REPAIR_INTERVAL=0)"})
+    age, limit = RepairLease.seconds_since_completed(REPAIR_PASS), 3 * interval
+    if age is None:
+        return Check("repairs", False, {"error": "no repair pass has completed yet (is any worker running?)"})
+    detail: dict[str, Any] = {"last_pass_age_seconds": round(age, 1), "max_age_seconds": limit}
+    if age > limit:
+        detail["error"] = f"no repair pass completed for {age:.0f}s: no worker is running it, or it keeps failing"
+    return Check("repairs", age <= limit, detail)
+
+
 _CHECKS = {
     "database": check_database,
     "broker": check_broker,
@@ -166,6 +182,7 @@ _CHECKS = {
     "dead_letters": check_dead_letters,
     "canaries": check_canaries,
     "deadlines": check_deadlines,
+    "repairs": check_repairs,
 }
 
 

@@ -30,7 +30,7 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from results.models import RepairLease, WorkerNode
+from results.models import REPAIR_PASS, RepairLease, WorkerNode
 from tasks.recovery.repairs import NODE_RESTARTED, Pass, recover_jobs_of_node, repair_pass
 from tasks.runtime.durable import durable
 from tasks.runtime.node import current_node, set_current_node
@@ -44,10 +44,6 @@ def _boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:64]
     except OSError:
         return ""
-
-
-#: The lease the worker nodes share for the repair pass.
-REPAIR_LEASE = "repair"
 
 
 class NodeHeartbeat(threading.Thread):
@@ -78,12 +74,12 @@ class NodeHeartbeat(threading.Thread):
     def repair(self) -> None:
         """One repair pass if this node's turn has come (it took the lease)."""
         try:
-            if not RepairLease.take(REPAIR_LEASE, holder=self.node.pk, hold_for=settings.TERMINUS_REPAIR_LEASE):
+            if not RepairLease.take(REPAIR_PASS, holder=self.node.pk, hold_for=settings.TERMINUS_REPAIR_LEASE):
                 return
             this = Pass()
             counts = repair_pass(this)
             RepairLease.complete(
-                REPAIR_LEASE, holder=self.node.pk, due_in=settings.TERMINUS_REPAIR_INTERVAL, counts=counts
+                REPAIR_PASS, holder=self.node.pk, due_in=settings.TERMINUS_REPAIR_INTERVAL, counts=counts
             )
             if any(counts.values()) or this.errors:
                 logger.warning("repair pass: %s; errors: %s", counts, this.errors[:10] or "none")

@@ -34,6 +34,7 @@ def test_readyz_goes_red_when_the_broker_stops_and_green_again_when_it_returns(a
         "TERMINUS_CRON_QUEUE": "crons",
         "TERMINUS_CANARY_TIMEOUT": "3",
         "TERMINUS_METRICS_TOKEN": OPS_TOKEN,
+        "TERMINUS_REPAIR_INTERVAL": "15",  # the production default: the worker runs the repair pass
     }
     processes = []
     try:
@@ -52,8 +53,11 @@ def test_readyz_goes_red_when_the_broker_stops_and_green_again_when_it_returns(a
         # Then /readyz is green once a cron has run and every queue's canary came back
         _, body = wait_for(lambda: (r := readyz())[0] == 200 and r, timeout=60, what="/readyz to be green")
         assert body["status"] == "ok" and body["failing"] == []
-        assert set(body["checks"]) == {"database", "broker", "workers", "beat", "dead_letters", "canaries", "deadlines"}
+        assert set(body["checks"]) == {
+            *("database", "broker", "workers", "beat", "dead_letters", "canaries", "deadlines", "repairs")
+        }
         assert body["checks"]["workers"]["answered"], body
+        assert body["checks"]["repairs"]["last_pass_age_seconds"] <= 45, body
         # An anonymous caller gets the verdict alone: no node names, vendor or errors
         assert get_json(f"{base}/readyz", timeout=30) == (200, {"status": "ok"})
         # When the broker stops
@@ -105,13 +109,16 @@ def test_readyz_names_every_failing_check_with_its_reason_to_staff_only(settings
     job.terminal_by = timezone.now() - timedelta(minutes=1)
     job.save(force_insert=True)
     settings.TERMINUS_READY_CACHE_SECONDS = 0
+    settings.TERMINUS_REPAIR_INTERVAL = 15  # and no worker has completed a repair pass
     anonymous = Client().get("/readyz?check=database,dead_letters&check=deadlines&check=beat")
     assert (anonymous.status_code, anonymous.json()) == (503, {"status": "failing"})
-    response = staff_client.get("/readyz?check=database,dead_letters&check=deadlines&check=beat")
+    response = staff_client.get("/readyz?check=database,dead_letters&check=deadlines&check=beat,repairs")
     assert response.status_code == 503
     body = response.json()
-    assert body["failing"] == ["beat", "dead_letters", "deadlines"]  # in the order of tasks.fleet.readiness.CHECKS
-    assert set(body["checks"]) == {"database", "dead_letters", "deadlines", "beat"}
+    # in the order of tasks.fleet.readiness.CHECKS
+    assert body["failing"] == ["beat", "dead_letters", "deadlines", "repairs"]
+    assert set(body["checks"]) == {"database", "dead_letters", "deadlines", "beat", "repairs"}
+    assert "no repair pass has completed yet" in body["checks"]["repairs"]["error"]
     assert body["checks"]["dead_letters"]["error"] == "1 open dead letters (threshold 0)"
     assert body["checks"]["deadlines"]["past_deadline"] == 1
     assert "no cron has run yet" in body["checks"]["beat"]["error"]
