@@ -277,10 +277,18 @@ TERMINUS_LONG_POLL_PER_USER = env_int("TERMINUS_LONG_POLL_PER_USER", 4, minimum=
 # ---------------------------------------------------------------------------------------------
 TERMINUS_QUEUES = env_list("TERMINUS_QUEUES", ["default", "slow"])
 TERMINUS_MAX_PAYLOAD_BYTES = env_int("TERMINUS_MAX_PAYLOAD_BYTES", 256 * 1024, minimum=1)
+# An idempotency key stays reserved this long after the cleanup deleted its job (results/models/keys.py):
+# a resubmission with it is refused (409, naming the job), never run a second time.
+TERMINUS_IDEMPOTENCY_KEY_DAYS = env_int("TERMINUS_IDEMPOTENCY_KEY_DAYS", 30, minimum=1)
 TERMINUS_MAX_BULK = env_int("TERMINUS_MAX_BULK", 1000, minimum=1)  # jobs per POST /api/jobs/bulk/
 # A job's result above this (as JSON) is stored as a marker with its size and a preview (results/storable.py).
 TERMINUS_MAX_RESULT_BYTES = env_int("TERMINUS_MAX_RESULT_BYTES", 1024 * 1024, minimum=1024)
-TERMINUS_MAX_COUNTDOWN = env_int("TERMINUS_MAX_COUNTDOWN", 3600, minimum=0)
+# A retry wait (and, for new jobs, a countdown) longer than this is held in the database, not in the
+# broker: the repair pass publishes the message when it is due within this (s).
+TERMINUS_BROKER_DELAY_MAX = env_int("TERMINUS_BROKER_DELAY_MAX", 60, minimum=1)
+# The longest countdown (or scheduled_for) a submission may ask for, seconds: 30 days. A wait longer
+# than TERMINUS_BROKER_DELAY_MAX is held in the database, not in the broker.
+TERMINUS_MAX_COUNTDOWN = env_int("TERMINUS_MAX_COUNTDOWN", 30 * 86400, minimum=0)
 TERMINUS_DEFAULT_TIME_LIMIT = env_int("TERMINUS_DEFAULT_TIME_LIMIT", 300, minimum=1)
 TERMINUS_DEFAULT_SOFT_TIME_LIMIT = env_int("TERMINUS_DEFAULT_SOFT_TIME_LIMIT", 270, minimum=1)
 TERMINUS_MAX_TIME_LIMIT = env_int("TERMINUS_MAX_TIME_LIMIT", 3600, minimum=1)
@@ -382,16 +390,19 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 }
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 # Redis: a message delivered but not acked comes back after visibility_timeout. It must exceed
-# the longest hard time limit plus the longest countdown/retry delay, or a slow job is run twice
-# while still alive (celery#4400). kombu then restores it in a sweep every
+# the longest hard time limit plus the longest wait a message spends in the broker (a countdown or
+# retry delay up to TERMINUS_BROKER_DELAY_MAX; longer ones are held in the database), or a slow job
+# is run twice while still alive (celery#4400). kombu then restores it in a sweep every
 # interval x throttle seconds (default 10 x 10 = ~100 s); we sweep every 10 s.
 CELERY_VISIBILITY_TIMEOUT = env_int(
-    "CELERY_VISIBILITY_TIMEOUT",
-    TERMINUS_MAX_TIME_LIMIT + max(TERMINUS_MAX_COUNTDOWN, int(TERMINUS_RETRY_BACKOFF_MAX)) + 300,
-    minimum=1,
+    "CELERY_VISIBILITY_TIMEOUT", TERMINUS_MAX_TIME_LIMIT + TERMINUS_BROKER_DELAY_MAX + 300, minimum=1
 )
-if CELERY_VISIBILITY_TIMEOUT <= TERMINUS_MAX_TIME_LIMIT:
-    raise ImproperlyConfigured("CELERY_VISIBILITY_TIMEOUT must exceed TERMINUS_MAX_TIME_LIMIT")
+if CELERY_VISIBILITY_TIMEOUT <= TERMINUS_MAX_TIME_LIMIT + TERMINUS_BROKER_DELAY_MAX:
+    raise ImproperlyConfigured(
+        f"CELERY_VISIBILITY_TIMEOUT ({CELERY_VISIBILITY_TIMEOUT}) must exceed TERMINUS_MAX_TIME_LIMIT "
+        f"({TERMINUS_MAX_TIME_LIMIT}) + TERMINUS_BROKER_DELAY_MAX ({TERMINUS_BROKER_DELAY_MAX}): Redis would "
+        "hand a running job's message to a second worker"
+    )
 if CELERY_BROKER_URL.startswith("filesystem"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),

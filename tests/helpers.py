@@ -47,6 +47,19 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, interval: flo
         time.sleep(interval)
 
 
+#: What recovery depends on, at its production default (the Makefile's TEST_ENV shortens some of it):
+#: workers started with these prove recovery as users get it.
+PRODUCTION_RECOVERY = {
+    "TERMINUS_MAX_TIME_LIMIT": "3600",  # diagnostics.sleep's hard time limit
+    "TERMINUS_DIAGNOSTICS_TIME_LIMIT": "60",
+    "TERMINUS_REAPER_GRACE": "120",
+    "TERMINUS_DB_RETRY_SECONDS": "60",
+    "TERMINUS_WORKER_HEARTBEAT": "10",
+    "TERMINUS_WORKER_DEAD_AFTER": "30",
+    "TERMINUS_REPAIR_INTERVAL": "15",
+}
+
+
 def wait_terminal(job_id: Any, *, timeout: float = 60) -> Job:
     """The job once it is terminal (fails the test if it is not within ``timeout``)."""
 

@@ -28,7 +28,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from tasks.submit.validation import PayloadTooLarge, SubmissionError
+from tasks.submit.validation import IdempotencyKeyRetired, PayloadTooLarge, SubmissionError
 
 DETAIL_MAX_CHARS = 1000
 
@@ -98,6 +98,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = RequestTooLarge(exc.errors)
     elif isinstance(exc, SubmissionError):
         exc = exceptions.ValidationError(exc.errors)
+    elif isinstance(exc, IdempotencyKeyRetired):
+        exc = Conflict(exc.errors)
 
     response = drf_exception_handler(exc, context)
     if response is None:  # not an API error: a bug, left to Django's 500 handling and Sentry

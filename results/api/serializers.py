@@ -6,11 +6,13 @@ Errors from any of these reach the client in the one shape of ``results.api.erro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -55,7 +57,15 @@ class SubmitSerializer(serializers.Serializer):
     countdown = serializers.IntegerField(
         required=False,
         allow_null=True,
-        help_text=f"Seconds to wait before the first attempt, 0 to {settings.TERMINUS_MAX_COUNTDOWN}.",
+        help_text=f"Seconds to wait before the first attempt, 0 to {settings.TERMINUS_MAX_COUNTDOWN} (30 days).",
+    )
+    scheduled_for = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        help_text=(
+            "When the first attempt may start (ISO 8601 with a time zone), instead of countdown: at most "
+            f"{settings.TERMINUS_MAX_COUNTDOWN} seconds ahead; a time already past starts it at once."
+        ),
     )
 
     def validate_payload(self, payload: Any) -> Any:
@@ -69,6 +79,16 @@ class SubmitSerializer(serializers.Serializer):
         if unknown:
             allowed = ", ".join(self.fields)
             raise serializers.ValidationError({name: [f"unknown field; allowed: {allowed}"] for name in unknown})
+        scheduled_for = attrs.pop("scheduled_for", None)
+        if scheduled_for is not None:
+            if attrs.get("countdown") is not None:
+                raise serializers.ValidationError({"scheduled_for": ["give countdown or scheduled_for, not both"]})
+            countdown = math.ceil((scheduled_for - timezone.now()).total_seconds())
+            if countdown > settings.TERMINUS_MAX_COUNTDOWN:
+                raise serializers.ValidationError(
+                    {"scheduled_for": [f"at most {settings.TERMINUS_MAX_COUNTDOWN} seconds (30 days) ahead"]}
+                )
+            attrs["countdown"] = max(0, countdown)
         return attrs
 
 

@@ -20,6 +20,7 @@ from results.models.jobs import (
     JobAttempt,
     Status,
 )
+from results.models.keys import RetiredKey
 from results.models.monitoring import HealthState, MetricsRollup, QueueCanary
 from results.models.tenants import Membership, Tenant
 from results.models.workers import REPAIR_PASS, RepairLease, WorkerNode
@@ -47,6 +48,7 @@ __all__ = [
     "MetricsRollup",
     "QueueCanary",
     "RepairLease",
+    "RetiredKey",
     "Status",
     "Tenant",
     "WorkerNode",

@@ -22,7 +22,6 @@ from django.utils import timezone
 
 from results import fastpath
 from results.models.tenants import Tenant
-from results.models.workers import node_not_alive
 from results.querysets import JobQuerySet
 from results.storable import storable_json, storable_text, storable_traceback
 
@@ -111,16 +110,6 @@ def fence(*, attempt: int | None = None, node: uuid.UUID | str | None = None) ->
     if node is not None:
         guard &= Q(worker_node=node)
     return guard
-
-
-def redelivery_allowed(node: uuid.UUID | str | None) -> Q:
-    """A claim from RUNNING (the message was delivered again) takes over the attempt only if the node
-    running it is not alive, or is the claiming node itself (its pool child died and the message came
-    back to it). A copy delivered while the attempt runs on a live node is a duplicate: not run."""
-    alive_elsewhere = ~node_not_alive("worker_node", dead_after=settings.TERMINUS_WORKER_DEAD_AFTER)
-    if node is not None:
-        alive_elsewhere &= ~Q(worker_node=node)
-    return Q(status__in=[Status.QUEUED, Status.RETRYING]) | (Q(status=Status.RUNNING) & ~alive_elsewhere)
 
 
 class Job(models.Model):
@@ -309,10 +298,12 @@ class Job(models.Model):
 
     def mark_started(self, *, worker: str, node: uuid.UUID | str | None = None) -> Claim | None:
         """Claim the job for one attempt (by worker ``node``, an incarnation: WorkerNode); None means it
-        is terminal, cancelled, or running on another live node, and must not run.
+        is terminal (or cancelled) and must not run.
 
-        A claim from RUNNING is a redelivery whose previous worker died (see redelivery_allowed): it
-        counts as a lost delivery and the attempt it interrupted is recorded as ``lost``.
+        A claim from RUNNING is a redelivery: the previous worker died, or gave the message back
+        because it could not record the outcome (the database was down). It counts as a lost delivery,
+        the attempt it interrupted is recorded as ``lost``, and that attempt's later writes, should
+        its worker still be alive, are refused (fence): it stops at its next heartbeat.
         """
         if connection.vendor == "postgresql":
             # The common case, queued or retrying: one statement.
@@ -322,7 +313,6 @@ class Job(models.Model):
         old = self._move(
             Status.RUNNING,
             (AttemptOutcome.LOST, "worker_lost", LOST_MESSAGE),  # recorded if it was running: a redelivery
-            guard=redelivery_allowed(node),
             worker=worker,
             worker_node=node,
             attempts=F("attempts") + 1,
@@ -373,10 +363,14 @@ class Job(models.Model):
         next_retry_at: datetime,
         attempt: int | None = None,
         node: uuid.UUID | str | None = None,
+        published: bool = True,
     ) -> bool:
         """Record a transient failure; the attempt is closed and the next one scheduled (fenced by the
-        worker's ``attempt`` or ``node``, see fence)."""
+        worker's ``attempt`` or ``node``, see fence). ``published=False``: the next attempt's message is
+        not in the broker (it was down, or the wait is held here): ``dispatched_at`` is emptied and the
+        repair pass publishes it when due."""
         error_type, error_message = storable_text(error_type, 200), storable_text(error_message)
+        unpublished: dict[str, Any] = {} if published else {"dispatched_at": None}
         return (
             self._move(
                 Status.RETRYING,
@@ -386,6 +380,7 @@ class Job(models.Model):
                 error_message=error_message,
                 next_retry_at=next_retry_at,
                 heartbeat_at=None,
+                **unpublished,
             )
             is not None
         )

@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 from django.db import IntegrityError, models, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -81,12 +81,6 @@ class WorkerNode(models.Model):
     def earlier_incarnations(*, hostname: str, current: uuid.UUID) -> WorkerNodeQuerySet:
         """The other, not yet stopped, incarnations of ``hostname``: a node that starts again knows they are gone."""
         return WorkerNode.objects.filter(hostname=hostname, stopped_at__isnull=True).exclude(pk=current)
-
-
-def node_not_alive(field: str, *, dead_after: float) -> Q:
-    """Rows whose ``field`` (a node id) names no live incarnation: empty, unknown, stopped or silent."""
-    alive = WorkerNode.objects.alive(dead_after=dead_after).filter(pk=OuterRef(field))
-    return Q(**{f"{field}__isnull": True}) | ~Exists(alive)
 
 
 #: The lease the worker nodes share for the repair pass (tasks.recovery.liveness), read by /readyz.

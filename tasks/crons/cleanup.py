@@ -13,6 +13,10 @@ after TERMINUS_CLEANUP_MAX_SECONDS and says so (``complete: false``); the next r
 | replayed / resolved dead letters       | TERMINUS_DEAD_LETTER_MAX_AGE_DAYS (tasks.failure.dead_letters.enforce_caps) |
 | cron runs, sent alerts                 | TERMINUS_RETENTION_CRON_RUNS_DAYS (14), TERMINUS_RETENTION_ALERTS_DAYS (30) |
 | metrics rollups                        | TERMINUS_RETENTION_ROLLUPS_DAYS (400)   |
+| retired idempotency keys               | TERMINUS_IDEMPOTENCY_KEY_DAYS (30) after their job was deleted |
+
+A job's idempotency key is retired (results.models.RetiredKey) before its job is deleted, so it stays
+reserved after the job is gone: a resubmission with it is refused, never run a second time.
 
 A failed job whose dead letter is still open, or whose on_terminal hook has not run yet, is kept
 until that is settled: deleting it would take away what a human or the hook still needs.
@@ -50,7 +54,17 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django_celery_results.models import GroupResult, TaskResult
 
-from results.models import Alert, AlertStatus, CronRun, CronRunStatus, DeadLetterStatus, HookState, Job, MetricsRollup
+from results.models import (
+    Alert,
+    AlertStatus,
+    CronRun,
+    CronRunStatus,
+    DeadLetterStatus,
+    HookState,
+    Job,
+    MetricsRollup,
+    RetiredKey,
+)
 from results.models import Status as JobStatus
 from tasks.crons.registry import cron
 from tasks.failure.dead_letters import enforce_caps
@@ -116,6 +130,8 @@ def run_cleanup(*, now: datetime | None = None, batch: int | None = None, max_se
         )
         cutoff = now - settings.TERMINUS_RETENTION_ROLLUPS_DAYS * days
         sweep.rows("rollups", MetricsRollup.objects.filter(hour__lt=cutoff), "hour")
+        cutoff = now - settings.TERMINUS_IDEMPOTENCY_KEY_DAYS * days
+        sweep.rows("retired_keys", RetiredKey.objects.filter(retired_at__lt=cutoff), "retired_at")
     except OutOfTime:
         logger.warning("cleanup stopped after its time budget; the next run continues: %s", sweep.deleted)
         return sweep.report(complete=False)
@@ -145,7 +161,38 @@ class Sweep:
             .exclude(dead_letter__status=DeadLetterStatus.OPEN)
             .exclude(terminal_hook=HookState.PENDING)
         )
+        self.retire_keys(expired)
         self.rows(kind, expired, "finished_at", also=JOB_TASK_RESULTS)
+
+    def retire_keys(self, expired: QuerySet) -> None:
+        """Keep the idempotency keys of ``expired`` reserved after their jobs are deleted (RetiredKey)."""
+        keyed = expired.filter(idempotency_key__isnull=False).order_by("finished_at", "pk")
+        self.deleted.setdefault("keys_retired", 0)
+        after: tuple[Any, Any] | None = None
+        while True:
+            self.check_time()
+            page = keyed
+            if after is not None:
+                page = page.filter(Q(finished_at__gt=after[0]) | Q(finished_at=after[0], pk__gt=after[1]))
+            rows = list(
+                page.values_list("finished_at", "pk", "idempotency_key", "tenant_id", "owner_id", "status")[
+                    : self.batch
+                ]
+            )
+            if not rows:
+                return
+            # A key an earlier run retired (it stopped before deleting the job) is not retired twice.
+            done = set(RetiredKey.objects.filter(job_id__in=[row[1] for row in rows]).values_list("job_id", flat=True))
+            retired = [
+                RetiredKey(key=key, tenant_id=tenant, owner_id=owner, job_id=pk, job_status=status)
+                for _, pk, key, tenant, owner, status in rows
+                if pk not in done
+            ]
+            RetiredKey.objects.bulk_create(retired, ignore_conflicts=True)
+            self.deleted["keys_retired"] += len(retired)
+            after = (rows[-1][0], rows[-1][1])
+            if len(rows) < self.batch:
+                return
 
     def rows(self, kind: str, queryset: QuerySet, order: str, *, also: Linked | None = None) -> None:
         """Delete ``queryset`` batch by batch in (``order``, pk) order."""

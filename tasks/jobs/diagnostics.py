@@ -66,7 +66,8 @@ class FailInput(BaseModel):
         "always",
         description=(
             "always: raise a transient error every attempt; times: fail the first `times` attempts "
-            "then succeed; permanent: a non-retryable error; sleep: run `seconds` (to hit a time limit); "
+            "(after running `seconds`) then succeed; permanent: a non-retryable error; "
+            "sleep: run `seconds` (to hit a time limit); "
             "crash: SIGKILL the process running it after `seconds`, like an OOM kill (a poison message); "
             "reject: reject its own message (Reject(requeue=False))."
         ),
@@ -96,7 +97,10 @@ def fail(task: TrackedTask, data: FailInput) -> dict[str, int]:
         raise Reject(data.message, requeue=False)
     if data.mode == "permanent":
         raise PermanentError(data.message)
-    if data.mode == "always" or (data.mode == "times" and attempt <= data.times):
+    if data.mode == "times" and attempt <= data.times:
+        time.sleep(data.seconds)  # a drill can cut the broker while it runs, before its retry is published
+        raise TransientError(f"{data.message} (attempt {attempt})")
+    if data.mode == "always":
         raise TransientError(f"{data.message} (attempt {attempt})")
     if data.mode == "sleep":
         end = time.monotonic() + data.seconds

@@ -72,7 +72,13 @@ class NodeHeartbeat(threading.Thread):
             connection.close()
 
     def repair(self) -> None:
-        """One repair pass if this node's turn has come (it took the lease)."""
+        """One repair pass if this node's turn has come (it took the lease).
+
+        The node proves itself alive first: after a database outage its own last beat is old, and a
+        pass that found it dead would take away the jobs it is still running.
+        """
+        if not self.beat():
+            return
         try:
             if not RepairLease.take(REPAIR_PASS, holder=self.node.pk, hold_for=settings.TERMINUS_REPAIR_LEASE):
                 return
@@ -87,7 +93,8 @@ class NodeHeartbeat(threading.Thread):
             logger.exception("repair pass failed")
             connection.close()
 
-    def beat(self) -> None:
+    def beat(self) -> bool:
+        """Record the node as seen now; False if the database could not be reached."""
         try:
             if not self.node.beat():
                 # Declared dead while it was paused: its jobs were given to other attempts, whose
@@ -98,6 +105,8 @@ class NodeHeartbeat(threading.Thread):
         except DatabaseError:
             logger.warning("worker node heartbeat not recorded (database unavailable)", exc_info=True)
             connection.close()
+            return False
+        return True
 
     def stop(self) -> None:
         self.stopping.set()

@@ -12,8 +12,11 @@ repairer racing a late worker, never both win:
   alive (or none recorded) -> the attempt is lost the same way, the last resort:
   retrying and re-dispatched while attempts remain, else failed ``lost`` and dead-lettered
   (job_status_created: running jobs are few);
+- retrying, its next attempt never published (the broker was down at retry time), due within
+  TERMINUS_BROKER_DELAY_MAX -> published, with the rest of its wait as countdown (job_retry_due);
 - retrying, ``next_retry_at`` TERMINUS_REAPER_RETRY_AFTER past -> re-dispatched (job_retry_due);
-- queued, never published (broker down at submit) -> dispatched (job_undispatched);
+- queued, never published (broker down at submit, or a countdown held in the database until it is
+  due within TERMINUS_BROKER_DELAY_MAX) -> dispatched (job_undispatched);
 - queued, published, due long ago and never started although its queue consumed a later canary
   (the message is gone) -> re-dispatched (job_open_deadline);
 - failed, never dead-lettered (broker down at the time) -> dead letter published
@@ -37,7 +40,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from results.models import TERMINAL_STATUSES, DeadLetterReason, HookState, Job, QueueCanary, Status, WorkerNode
-from results.querysets import database_now_minus
+from results.querysets import database_now_minus, database_now_plus
 from tasks.failure.dead_letters import dead_letter_job, reason_for
 from tasks.runtime.hooks import run_terminal_hook
 from tasks.runtime.types import get_job_type, job_types
@@ -92,6 +95,7 @@ def repair_pass(this: Pass) -> dict[str, int]:
         "deadline_exceeded": fail_past_deadline(this),
         **recover_dead_nodes(this),
         **reap_lost_running(this),
+        "retries_published": publish_held_retries(this),
         "retries_redispatched": redispatch_overdue_retries(this),
         "undispatched_dispatched": dispatch_undispatched(this),
         "queued_redispatched": redispatch_lost_queued(this),
@@ -207,6 +211,32 @@ def reap_lost_running(this: Pass) -> dict[str, int]:
 
 
 # -- retrying, but the retry message is gone ------------------------------------------------------
+def publish_held_retries(this: Pass) -> int:
+    """Retrying jobs whose next attempt was never published (``dispatched_at`` empty: the broker was
+    down at retry time) are published once due within TERMINUS_BROKER_DELAY_MAX, with the rest of
+    their wait as countdown. Each publish is taken by one repairer (the version it read)."""
+    done = 0
+    due = Job.objects.filter(
+        status=Status.RETRYING,
+        dispatched_at__isnull=True,
+        next_retry_at__lte=database_now_plus(settings.TERMINUS_BROKER_DELAY_MAX),
+    )
+    for job in due.order_by("next_retry_at")[: _batch()]:
+        if this.broker_down:
+            break
+        if not _claim(job, status=Status.RETRYING, dispatched_at__isnull=True, dispatched_at=Now()):
+            continue
+        countdown = max(0.0, (job.next_retry_at - timezone.now()).total_seconds()) if job.next_retry_at else 0.0
+        if not this.publish(
+            "retry", job.pk, lambda job=job, c=countdown: publish(job, retries=job.attempts, countdown=c or None)
+        ):
+            Job.objects.filter(pk=job.pk, status=Status.RETRYING).update(dispatched_at=None)  # the next pass
+            break
+        done += 1
+        logger.info("job %s (%s): retry %s published by the repair pass", job.pk, job.type, job.attempts)
+    return done
+
+
 def redispatch_overdue_retries(this: Pass) -> int:
     """Retrying jobs whose next attempt is TERMINUS_REAPER_RETRY_AFTER overdue are published again.
 
@@ -235,10 +265,15 @@ def redispatch_overdue_retries(this: Pass) -> int:
 
 # -- queued, but never published, or published and lost -------------------------------------------
 def dispatch_undispatched(this: Pass) -> int:
-    """Queued jobs whose message never reached the broker (it was down at submit) are published now."""
+    """Queued jobs whose message never reached the broker (it was down at submit) are published now;
+    so are jobs whose countdown was held in the database (``next_retry_at``), once due within
+    TERMINUS_BROKER_DELAY_MAX."""
     done = 0
     cutoff = database_now_minus(settings.TERMINUS_REAPER_UNDISPATCHED_AFTER)
-    pending = Job.objects.filter(status=Status.QUEUED, dispatched_at__isnull=True, created_at__lt=cutoff)
+    due_soon = Q(next_retry_at__isnull=True) | Q(
+        next_retry_at__lte=database_now_plus(settings.TERMINUS_BROKER_DELAY_MAX)
+    )
+    pending = Job.objects.filter(due_soon, status=Status.QUEUED, dispatched_at__isnull=True, created_at__lt=cutoff)
     for job in pending.order_by("created_at")[: _batch()]:
         if this.broker_down:
             break
@@ -248,7 +283,8 @@ def dispatch_undispatched(this: Pass) -> int:
         if due is None:  # a type no longer registered: failed and dead-lettered, nothing to publish
             this.guard("dispatch", job.pk, lambda job=job: publish(job, retries=0))
             continue
-        countdown = max(0.0, (due - timezone.now()).total_seconds())
+        # (bounded: this host's clock may run behind the database's, which chose the row)
+        countdown = min(max(0.0, (due - timezone.now()).total_seconds()), settings.TERMINUS_BROKER_DELAY_MAX)
         if not this.publish("dispatch", job.pk, lambda job=job, c=countdown: dispatch(job, countdown=c or None)):
             break  # the broker is still down
         done += 1
@@ -318,7 +354,7 @@ def _claim(job: Job, *, status: str, **changes: Any) -> bool:
     )
 
 
-def publish(job: Job, *, retries: int) -> bool:
+def publish(job: Job, *, retries: int, countdown: float | None = None) -> bool:
     """Publish a job's message again (same id), as its attempt number ``retries + 1``."""
     job_type = get_job_type(job.type)
     if job_type is None:  # a type removed from the code while jobs of it were waiting
@@ -327,7 +363,7 @@ def publish(job: Job, *, retries: int) -> bool:
         ):
             dead_letter_job(job.pk, reason=DeadLetterReason.NON_RETRYABLE)
         return True
-    publish_job(job, retries=retries)
+    publish_job(job, retries=retries, countdown=countdown)
     return True
 
 

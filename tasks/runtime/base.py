@@ -84,10 +84,13 @@ class TrackedTask(DjangoTask):
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
         """Claim the record; a terminal or cancelled job (e.g. a redelivered message) does not run."""
         job = Job(id=task_id)  # id=, not pk=: pk= would also draw a default uuid4 for id, on every job
-        claim = durable(
-            lambda: job.mark_started(worker=self.request.hostname or "", node=current_node()),
-            what=f"the start of {task_id}",
-        )
+        try:
+            claim = durable(
+                lambda: job.mark_started(worker=self.request.hostname or "", node=current_node()),
+                what=f"the start of {task_id}",
+            )
+        except (OperationalError, InterfaceError) as exc:
+            raise self._give_back(task_id, "its start", exc) from exc
         if claim is None:
             logger.warning("job %s not run: it is terminal, cancelled or unknown", task_id)
             raise Ignore()
@@ -111,10 +114,56 @@ class TrackedTask(DjangoTask):
             raise Ignore()
 
     def retry(self, *args: Any, countdown: float | None = None, eta: Any = None, **options: Any) -> Retry:
-        """Celery's retry, with the countdown taken from this job type's policy."""
+        """Celery's retry, with the countdown taken from this job type's policy.
+
+        A wait longer than TERMINUS_BROKER_DELAY_MAX is held in the database, not in the broker (a
+        Redis visibility timeout or RabbitMQ consumer timeout never has to cover it): the retry is
+        recorded, unpublished, and the repair pass publishes it when it is due.
+
+        Celery turns a retry it cannot publish (the broker is down) into Reject(requeue=False), a
+        final failure. A broker outage is not the job's failure: the retry is recorded the same way,
+        and the repair pass publishes it once the broker is back.
+        """
         if countdown is None and eta is None and self.job_retry_policy is not None:
             countdown = self.job_retry_policy.countdown(self.request.retries)
-        return super().retry(*args, countdown=countdown, eta=eta, **options)
+        retries_left = self.max_retries is None or self.request.retries < self.max_retries
+        wait = countdown if eta is None else (eta - timezone.now()).total_seconds()
+        if retries_left and not self.request.is_eager and (wait or 0) > settings.TERMINUS_BROKER_DELAY_MAX:
+            self._hold_unpublished_retry(options.get("exc"), countdown=countdown, eta=eta, why="held in the database")
+            raise Ignore()
+        try:
+            return super().retry(*args, countdown=countdown, eta=eta, **options)
+        except Reject as refused:
+            if refused.requeue or self.request.is_eager:
+                raise
+            why = f"not published: {refused.reason}"
+            self._hold_unpublished_retry(options.get("exc"), countdown=countdown, eta=eta, why=why)
+            raise Ignore() from refused
+
+    def _hold_unpublished_retry(self, exc: Any, *, countdown: float | None, eta: Any, why: str) -> None:
+        """Record the retry with its due time and no message in the broker: the repair pass publishes it."""
+        task_id = self.job_id
+        next_retry_at = eta or timezone.now() + timedelta(seconds=countdown or 0)
+        error_type, error_message = describe_error(exc) if isinstance(exc, BaseException) else ("Retry", str(exc))
+        logger.warning(
+            "job %s: retry %s due at %s, %s; the repair pass publishes it",
+            task_id,
+            self.request.retries + 1,
+            next_retry_at.isoformat(),
+            why,
+        )
+        won = durable(
+            lambda: Job(id=task_id).mark_retrying(
+                error_type=error_type,
+                error_message=error_message,
+                next_retry_at=next_retry_at,
+                published=False,
+                attempt=self.attempt or None,
+            ),
+            what=f"the retry of {task_id}",
+        )
+        if not won:
+            refused_as_stale(task_id, attempt=self.attempt, type_name=self.name, write="retry")
 
     def on_retry(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: ExceptionInfo) -> None:
         """Record the transient failure and when the next attempt is due."""
@@ -126,9 +175,17 @@ class TrackedTask(DjangoTask):
             next_retry_at = when or timezone.now()
         error_type, error_message = describe_error(exc)
         fence = self._fence(task_id)
+        # Cancelled by the main process on a broker connection loss (einfo None): no retry message was
+        # published, and the unacked one comes back only after the broker's redelivery delay (Redis:
+        # the visibility timeout). Recorded unpublished, the repair pass publishes it once the broker is back.
+        published = einfo is not None
         won = durable(
             lambda: Job(id=task_id).mark_retrying(
-                error_type=error_type, error_message=error_message, next_retry_at=next_retry_at, **fence
+                error_type=error_type,
+                error_message=error_message,
+                next_retry_at=next_retry_at,
+                published=published,
+                **fence,
             ),
             what=f"the retry of {task_id}",
         )
@@ -148,14 +205,29 @@ class TrackedTask(DjangoTask):
         try:
             won = durable(write, what=f"the result of {task_id}")
         except (DatabaseError, ValueError, TypeError) as exc:
-            if isinstance(exc, OperationalError | InterfaceError):
-                raise  # the database is away: not the result's fault
+            if isinstance(exc, OperationalError | InterfaceError):  # the database is away: not the result's fault
+                raise self._give_back(task_id, "its result", exc) from exc
             self._fail_unstorable(task_id, exc)
             return
         if won or (tries > 1 and self._own_success_landed(task_id)):
             self._run_terminal_hook(task_id)
         elif not refused_as_stale(task_id, attempt=attempt or 0, type_name=self.name, write="success"):
             logger.warning("job %s finished but was no longer running; result discarded", task_id)
+
+    def _give_back(self, task_id: str, what: str, exc: BaseException) -> Reject:
+        """The record could not be written for TERMINUS_DB_RETRY_SECONDS: the message must not be acked
+        as done. Rejected with requeue, it is delivered again, and its next claim (once the database is
+        back) records this attempt as lost and runs the job again: at least once, never lost."""
+        logger.error(
+            "job %s: %s could not be recorded (database unavailable for %ss: %s); its message goes back to "
+            "the queue and the job runs again once the database is back",
+            task_id,
+            what,
+            settings.TERMINUS_DB_RETRY_SECONDS,
+            exc,
+        )
+        connection.close()
+        return Reject(f"{what} could not be recorded: {exc}", requeue=True)
 
     def _own_success_landed(self, task_id: str) -> bool:
         """After a retried write: did the first try commit before its connection broke? The retry then
@@ -169,12 +241,17 @@ class TrackedTask(DjangoTask):
         error_type, error_message = describe_error(exc)
         traceback = str(einfo.traceback) if einfo is not None else ""
         fence = self._fence(task_id)
-        won = durable(
-            lambda: Job(id=task_id).mark_failed(
-                error_type=error_type, error_message=error_message, traceback=traceback, **fence
-            ),
-            what=f"the failure of {task_id}",
-        )
+        try:
+            won = durable(
+                lambda: Job(id=task_id).mark_failed(
+                    error_type=error_type, error_message=error_message, traceback=traceback, **fence
+                ),
+                what=f"the failure of {task_id}",
+            )
+        except (OperationalError, InterfaceError) as exc:
+            if "attempt" not in fence:  # the main process (a hard time limit): the repair pass ends it
+                raise
+            raise self._give_back(task_id, "its failure", exc) from exc
         if not won:
             refused_as_stale(task_id, attempt=fence.get("attempt", 0), type_name=self.name, write="failure")
         if won:

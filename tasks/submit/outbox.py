@@ -16,9 +16,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from results.models import HookState, Job
+from results.models import HookState, Job, RetiredKey
 from tasks.runtime.types import get_job_type
-from tasks.submit.validation import PayloadTooLarge, SubmissionError, validate_payload
+from tasks.submit.validation import IdempotencyKeyRetired, PayloadTooLarge, SubmissionError, validate_payload
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -64,6 +64,15 @@ def submit_or_get(
         retry_of=retry_of,
         by=by,
     )
+    if idempotency_key is not None:
+        retired = RetiredKey.find(idempotency_key, owner_id=job.owner_id, tenant_id=job.tenant_id)
+        if retired is not None:
+            raise IdempotencyKeyRetired(
+                key=idempotency_key,
+                job_id=retired.job_id,
+                job_status=retired.job_status,
+                reserved_until=retired.reserved_until,
+            )
     if idempotency_key is None and not transaction.get_connection().in_atomic_block:
         # One INSERT in autocommit: committed when it returns, so the message can follow at once
         # (saves the BEGIN and COMMIT round trips of an atomic block around a single statement).
@@ -182,6 +191,7 @@ def _new_job(
         errors["idempotency_key"] = ["must be 1 to 255 characters"]
     if errors:
         raise SubmissionError(errors)
+    held = bool(countdown) and countdown > settings.TERMINUS_BROKER_DELAY_MAX
     return Job(
         id=uuid.uuid4(),
         type=type_name,
@@ -196,7 +206,11 @@ def _new_job(
         retry_of=retry_of,
         created_at=now,
         updated_at=now,
-        dispatched_at=now,  # taken back if the broker refuses the message (dispatch)
+        # Taken back if the broker refuses the message (dispatch). A longer wait than
+        # TERMINUS_BROKER_DELAY_MAX is held here instead: unpublished, due at next_retry_at, published
+        # by the repair pass when due (no broker has to keep a message that long).
+        dispatched_at=None if held else now,
+        next_retry_at=now + timedelta(seconds=countdown) if held else None,
         terminal_by=now + timedelta(seconds=job_type.deadline_budget(countdown or 0)),
         terminal_hook=HookState.PENDING if job_type.on_terminal else HookState.NONE,
     )
@@ -238,6 +252,7 @@ def dispatch_many(jobs: list[Job], *, countdowns: dict[Any, int | None] | None =
     delivery: a flush failing half-way is the one known way to get such a pair).
     """
     countdowns = countdowns or {}
+    jobs = [job for job in jobs if not _held(countdowns.get(job.pk))]
     if not jobs:
         return 0
     app = get_job_type(jobs[0].type).task.app  # type: ignore[union-attr]
@@ -267,6 +282,11 @@ def _find_by_idempotency_key(key: str, *, owner: Any, tenant: Tenant | None) -> 
     return Job.objects.filter(idempotency_key=key, **scope).first()
 
 
+def _held(countdown: float | None) -> bool:
+    """A wait this long is held in the database (see _new_job): nothing to publish yet."""
+    return bool(countdown) and countdown > settings.TERMINUS_BROKER_DELAY_MAX
+
+
 def dispatch(job: Job, *, countdown: float | None = None) -> bool:
     """Publish the job's message (same id every time, so a re-dispatch cannot run it twice).
 
@@ -275,6 +295,8 @@ def dispatch(job: Job, *, countdown: float | None = None) -> bool:
     the row. Returns False, leaving the record queued and undispatched (the reaper publishes it
     later), when the broker cannot be reached.
     """
+    if _held(countdown):
+        return True  # the repair pass publishes it when due
     job_type = get_job_type(job.type)
     if job_type is None:  # a type removed from the code while jobs of it were queued
         Job(pk=job.pk).mark_failed(

@@ -24,6 +24,21 @@ class PayloadTooLarge(SubmissionError):
     pass
 
 
+class IdempotencyKeyRetired(Exception):
+    """The idempotency key submitted a job that the cleanup has deleted since: it is still reserved
+    (results.models.RetiredKey), so the submission is refused, never run a second time."""
+
+    def __init__(self, *, key: str, job_id: Any, job_status: str, reserved_until: Any):
+        self.errors = {
+            "idempotency_key": [
+                f"already used by job {job_id} ({job_status}), since cleaned up; "
+                f"the key is reserved until {reserved_until.isoformat()}"
+            ]
+        }
+        self.job_id = job_id
+        super().__init__(self.errors["idempotency_key"][0])
+
+
 #: Deeper payloads exhaust the recursion of JSON encoders on the way to the worker.
 MAX_PAYLOAD_DEPTH = 100
 

@@ -252,7 +252,11 @@ def report(
     return figures
 
 
-LATE_FINISH = re.compile(rb"job ([0-9a-f-]{36}) finished but was no longer running")
+#: A run that reached its end too late: after the job ended, or after a later attempt took it over
+#: (its success write refused as stale: tasks.runtime.stale).
+LATE_FINISH = re.compile(
+    rb"job ([0-9a-f-]{36})(?: finished but was no longer running|: success from attempt \d+ refused)"
+)
 
 
 def late_finishes(job_ids: list[Any]) -> set[str]:

@@ -249,6 +249,24 @@ BAD_SUBMISSIONS = [
     pytest.param(
         {"type": "diagnostics.sleep", "payload": {}, "countdown": 1.5}, 400, ["countdown"], id="countdown-float"
     ),
+    pytest.param(
+        {"type": "diagnostics.sleep", "payload": {}, "scheduled_for": "tomorrow"},
+        400,
+        ["scheduled_for"],
+        id="scheduled-for-not-a-time",
+    ),
+    pytest.param(
+        {"type": "diagnostics.sleep", "payload": {}, "scheduled_for": "2999-01-01T00:00:00Z"},
+        400,
+        ["scheduled_for"],
+        id="scheduled-for-too-far",
+    ),
+    pytest.param(
+        {"type": "diagnostics.sleep", "payload": {}, "scheduled_for": "2030-01-01T00:00:00Z", "countdown": 5},
+        400,
+        ["scheduled_for"],
+        id="scheduled-for-and-countdown",
+    ),
     pytest.param({"type": "diagnostics.sleep", "payload": {}, "queue": "nope"}, 400, ["queue"], id="unknown-queue"),
     pytest.param({"type": "diagnostics.sleep", "payload": {}, "queue": 3}, 400, ["queue"], id="queue-not-string"),
     pytest.param(

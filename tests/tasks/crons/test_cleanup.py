@@ -101,6 +101,8 @@ def test_cleanup_deletes_exactly_the_expired_rows_in_bounded_batches(history):
         "cron_runs": 2,
         "alerts": 0,
         "rollups": 1,
+        "keys_retired": 0,
+        "retired_keys": 0,
     }
     assert set(Job.objects.values_list("pk", flat=True)) == {row.pk for row in kept}
     assert not JobAttempt.objects.filter(job_id__in=[row.pk for row in expired]).exists()

@@ -15,18 +15,11 @@ import pytest
 from results.models import AttemptOutcome, Job, Status, WorkerNode
 from tasks.recovery.repairs import NODE_DEAD, NODE_RESTARTED
 from tasks.submit.outbox import submit
+from tests.helpers import PRODUCTION_RECOVERY as PRODUCTION
 from tests.helpers import wait_for, wait_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq, pytest.mark.slow]
 
-#: What these scenarios depend on, at its production default (the Makefile's TEST_ENV shortens some).
-PRODUCTION = {
-    "TERMINUS_DIAGNOSTICS_TIME_LIMIT": "60",
-    "TERMINUS_REAPER_GRACE": "120",
-    "TERMINUS_WORKER_HEARTBEAT": "10",
-    "TERMINUS_WORKER_DEAD_AFTER": "30",
-    "TERMINUS_REPAIR_INTERVAL": "15",
-}
 JOBS, SECONDS = 8, 3
 
 
