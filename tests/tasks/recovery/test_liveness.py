@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from results.models import AttemptOutcome, Job, Status, WorkerNode
+from results.models import LOST_MESSAGE, AttemptOutcome, Job, Status, WorkerNode
 from tasks.recovery.repairs import NODE_DEAD, NODE_RESTARTED
 from tasks.submit.outbox import submit
 from tests.helpers import PRODUCTION_RECOVERY as PRODUCTION
@@ -62,8 +62,9 @@ def test_a_worker_killed_and_started_again_runs_its_interrupted_jobs_again_at_on
     print(f"kill9-worker-restart: {figure:.1f} s from restart until every interrupted job ran again")
     assert figure <= 30
     assert [job.status for job in done] == [Status.SUCCEEDED] * JOBS
+    # (RabbitMQ requeues a dead consumer's messages at once: a redelivery may take over first)
     for job in interrupted:
-        assert lost_reasons(Job.objects.get(pk=job.pk)) == [NODE_RESTARTED]
+        assert lost_reasons(Job.objects.get(pk=job.pk)) in ([NODE_RESTARTED], [LOST_MESSAGE])
     old = WorkerNode.objects.filter(hostname=worker.name).order_by("started_at").first()
     assert old is not None and old.stopped_at is not None
 
@@ -84,7 +85,7 @@ def test_a_worker_killed_for_good_has_its_jobs_run_by_another_live_worker_within
     assert figure <= 60
     assert [job.status for job in done] == [Status.SUCCEEDED] * JOBS
     for job in interrupted:
-        assert lost_reasons(Job.objects.get(pk=job.pk)) == [NODE_DEAD]
+        assert lost_reasons(Job.objects.get(pk=job.pk)) in ([NODE_DEAD], [LOST_MESSAGE])
 
 
 def test_a_warm_shutdown_records_the_node_as_stopped_once_its_jobs_finished(start_worker, drill_queue):
