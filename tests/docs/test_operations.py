@@ -14,7 +14,11 @@ OPERATIONS = DOCS / "operations.md"
 README = ROOT / "README.md"
 METRIC_SUFFIXES = ("_total", "_count", "_bucket", "_sum")
 #: Where the metrics are exported: the state gauges of /metrics and the workers' event counters.
-METRIC_SOURCES = (ROOT / "results" / "ops" / "metrics.py", ROOT / "tasks" / "fleet" / "events.py")
+METRIC_SOURCES = (
+    ROOT / "results" / "ops" / "metrics.py",
+    ROOT / "tasks" / "fleet" / "events.py",
+    ROOT / "tasks" / "runtime" / "stale.py",
+)
 
 
 def all_docs() -> str:
