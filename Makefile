@@ -62,11 +62,13 @@ test-embedded: install
 	env -u CELERY_BROKER_URL -u DATABASE_URL $(TEST_ENV) \
 		TERMINUS_VAR_DIR=$(CURDIR)/var/test-embedded $(BIN)/pytest $(PYTEST_ARGS)
 
-## make chaos: the fault-injection scenarios with bigger batches (CI runs them with CHAOS_JOBS=120).
+## make chaos: the fault-injection scenarios with bigger batches (CI runs them with CHAOS_JOBS=120), and the
+## recovery scenarios at production defaults (kill9-worker-restart, kill9-worker-no-restart, ...), each
+## printing its figure line.
 CHAOS_JOBS ?= 500
 chaos: install
 	env $(TEST_ENV) CHAOS_JOBS=$(CHAOS_JOBS) CELERY_BROKER_URL=$(TEST_BROKER_URL) DATABASE_URL=$(TEST_DATABASE_URL) \
-		TERMINUS_VAR_DIR=$(CURDIR)/var/test-chaos $(BIN)/pytest tests/reliability -s $(PYTEST_ARGS)
+		TERMINUS_VAR_DIR=$(CURDIR)/var/test-chaos $(BIN)/pytest tests/reliability tests/tasks/recovery -s $(PYTEST_ARGS)
 
 ## make bench: Terminus against bare Celery and Celery + django-celery-results on Redis + PostgreSQL
 ## (its own workers, web server, database terminus_bench and Redis database 10); writes bench/RESULTS.md.

@@ -14,6 +14,7 @@ after TERMINUS_CLEANUP_MAX_SECONDS and says so (``complete: false``); the next r
 | cron runs, sent alerts                 | TERMINUS_RETENTION_CRON_RUNS_DAYS (14), TERMINUS_RETENTION_ALERTS_DAYS (30) |
 | metrics rollups                        | TERMINUS_RETENTION_ROLLUPS_DAYS (400)   |
 | retired idempotency keys               | TERMINUS_IDEMPOTENCY_KEY_DAYS (30) after their job was deleted |
+| stopped worker nodes                   | TERMINUS_RETENTION_WORKER_NODES_DAYS (14) after they stopped |
 
 A job's idempotency key is retired (results.models.RetiredKey) before its job is deleted, so it stays
 reserved after the job is gone: a resubmission with it is refused, never run a second time.
@@ -64,6 +65,7 @@ from results.models import (
     Job,
     MetricsRollup,
     RetiredKey,
+    WorkerNode,
 )
 from results.models import Status as JobStatus
 from tasks.crons.registry import cron
@@ -132,6 +134,8 @@ def run_cleanup(*, now: datetime | None = None, batch: int | None = None, max_se
         sweep.rows("rollups", MetricsRollup.objects.filter(hour__lt=cutoff), "hour")
         cutoff = now - settings.TERMINUS_IDEMPOTENCY_KEY_DAYS * days
         sweep.rows("retired_keys", RetiredKey.objects.filter(retired_at__lt=cutoff), "retired_at")
+        cutoff = now - settings.TERMINUS_RETENTION_WORKER_NODES_DAYS * days
+        sweep.rows("worker_nodes", WorkerNode.objects.filter(stopped_at__lt=cutoff), "stopped_at")
     except OutOfTime:
         logger.warning("cleanup stopped after its time budget; the next run continues: %s", sweep.deleted)
         return sweep.report(complete=False)

@@ -98,8 +98,12 @@ class NodeHeartbeat(threading.Thread):
         try:
             if not self.node.beat():
                 # Declared dead while it was paused: its jobs were given to other attempts, whose
-                # records refuse this node's late writes. It is alive again for the jobs it claims next.
-                WorkerNode.objects.filter(pk=self.node.pk).update(stopped_at=None)
+                # records refuse this node's late writes. It is alive again for the jobs it claims next
+                # (its row is written again if it was deleted meanwhile).
+                revived = WorkerNode.objects.filter(pk=self.node.pk).update(stopped_at=None)
+                if not revived:
+                    self.node.stopped_at = None
+                    self.node.save(force_insert=True)
                 self.node.beat()
                 logger.error("worker node %s was presumed dead (paused?); its lost jobs ran elsewhere", self.node)
         except DatabaseError:

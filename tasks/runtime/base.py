@@ -76,8 +76,11 @@ class TrackedTask(DjangoTask):
         """What this process's writes about ``task_id`` are fenced by (results.models.jobs.fence): the
         attempt it claimed, in the pool child; its worker incarnation, in the main process (a hard time
         limit, or a job cancelled on a broker connection loss), which never claimed the attempt."""
-        if self.request.id == task_id and self.attempt:
-            return {"attempt": self.attempt}
+        # (request_stack is None on a task object no app has bound: the request is then unknown)
+        request = self.request_stack.top if self.request_stack is not None else None
+        attempt = int(getattr(request, "terminus_attempt", 0) or 0) if getattr(request, "id", None) == task_id else 0
+        if attempt:
+            return {"attempt": attempt}
         return {"node": current_node()}
 
     # -- Celery hooks --------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from results.models import (
     Status,
 )
 from tasks.submit.outbox import submit_many
-from tests.helpers import quiesce, wait_for
+from tests.helpers import FAST_REDELIVERY, quiesce, wait_for
 from tests.reliability.helpers import (
     CHAOS_JOBS,
     FAST_REAPER,
@@ -50,13 +50,6 @@ from tests.reliability.helpers import (
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.reliability]
-
-FAST_REDELIVERY = {  # Redis: hand a dead worker's messages back within seconds, not the hour
-    "CELERY_VISIBILITY_TIMEOUT": "6",
-    "TERMINUS_MAX_TIME_LIMIT": "5",
-    "CELERY_UNACKED_RESTORE_INTERVAL": "1",
-    "CELERY_UNACKED_RESTORE_THROTTLE": "1",
-}
 
 
 def batch(queue: str, n: int = CHAOS_JOBS, seconds: float = 0.05, **extra) -> list:

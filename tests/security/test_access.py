@@ -345,6 +345,8 @@ TENANTLESS_MODELS = {
     "HealthState": "the last verdict of each health check",
     "QueueCanary": "canary bookkeeping per broker queue",
     "MetricsRollup": "hourly counts per job type",
+    "WorkerNode": "one row per worker incarnation: hostname, pid, last seen",
+    "RepairLease": "which node runs the repair pass, and when it last completed",
 }
 
 

@@ -103,6 +103,7 @@ def test_cleanup_deletes_exactly_the_expired_rows_in_bounded_batches(history):
         "rollups": 1,
         "keys_retired": 0,
         "retired_keys": 0,
+        "worker_nodes": 0,
     }
     assert set(Job.objects.values_list("pk", flat=True)) == {row.pk for row in kept}
     assert not JobAttempt.objects.filter(job_id__in=[row.pk for row in expired]).exists()
@@ -255,3 +256,16 @@ def test_cleanup_skips_a_job_another_transaction_holds_instead_of_waiting(histor
     # The next run takes it
     assert run_cleanup(now=NOW, batch=2)["deleted"]["jobs_succeeded"] == 1
     assert set(Job.objects.values_list("pk", flat=True)) == {row.pk for row in kept}
+
+
+def test_stopped_worker_nodes_go_after_their_retention_and_running_ones_stay():
+    from results.models import WorkerNode
+
+    old = WorkerNode.register(hostname="celery@old", pid=1)
+    recent = WorkerNode.register(hostname="celery@recent", pid=2)
+    running = WorkerNode.register(hostname="celery@running", pid=3)
+    WorkerNode.objects.filter(pk=old.pk).update(stopped_at=NOW - timedelta(days=15))
+    WorkerNode.objects.filter(pk=recent.pk).update(stopped_at=NOW - timedelta(days=1))
+    report = run_cleanup(now=NOW)
+    assert report["deleted"]["worker_nodes"] == 1
+    assert set(WorkerNode.objects.values_list("pk", flat=True)) == {recent.pk, running.pk}

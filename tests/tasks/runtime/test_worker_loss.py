@@ -12,7 +12,7 @@ from results.models import AttemptOutcome, Job, Status
 from tasks.runtime.types import get_job_type
 from tasks.submit.actions import cancel
 from tasks.submit.outbox import submit
-from tests.helpers import broker_kind, wait_for, wait_status, wait_terminal
+from tests.helpers import FAST_REDELIVERY, broker_kind, wait_for, wait_status, wait_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq]
 
@@ -41,21 +41,14 @@ def test_a_job_whose_pool_child_is_killed_is_redelivered_and_finishes(start_work
 def test_a_job_whose_whole_worker_is_killed_is_redelivered_to_another_worker(start_worker, drill_queue):
     if broker_kind() == "filesystem":
         pytest.skip("the filesystem broker has no unacked store: the reaper re-dispatches such jobs")
-    # Redis: visibility timeout 6 s (> the 5 s max time limit these workers run with) and a restore
-    # sweep every second, so the test waits seconds instead of the production hour. RabbitMQ
+    # Redis: FAST_REDELIVERY, so the test waits seconds instead of the production hour. RabbitMQ
     # requeues as soon as the dead worker's connection drops.
-    fast_redelivery = {
-        "CELERY_VISIBILITY_TIMEOUT": "6",
-        "TERMINUS_MAX_TIME_LIMIT": "5",
-        "CELERY_UNACKED_RESTORE_INTERVAL": "1",
-        "CELERY_UNACKED_RESTORE_THROTTLE": "1",
-    }
-    first = start_worker(drill_queue, **fast_redelivery)
+    first = start_worker(drill_queue, **FAST_REDELIVERY)
     job = submit("diagnostics.sleep", {"seconds": 2, "heartbeat_every": 0.2}, queue=drill_queue)
     wait_status(job.id, Status.RUNNING)
     # When the whole worker vanishes (SIGKILL to its process group) and another one starts
     first.kill()
-    second = start_worker(drill_queue, **fast_redelivery)
+    second = start_worker(drill_queue, **FAST_REDELIVERY)
     # Then Redis gives the unacked message back and the second worker finishes the job
     done = wait_terminal(job.id, timeout=60)
     assert done.status == Status.SUCCEEDED
