@@ -283,6 +283,7 @@ def dispatch_undispatched(this: Pass) -> int:
         if due is None:  # a type no longer registered: failed and dead-lettered, nothing to publish
             this.guard("dispatch", job.pk, lambda job=job: publish(job, retries=0))
             continue
+        due = job.next_retry_at or due  # a countdown held in the database: its own due time
         # (bounded: this host's clock may run behind the database's, which chose the row)
         countdown = min(max(0.0, (due - timezone.now()).total_seconds()), settings.TERMINUS_BROKER_DELAY_MAX)
         if not this.publish("dispatch", job.pk, lambda job=job, c=countdown: dispatch(job, countdown=c or None)):
