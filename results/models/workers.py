@@ -16,6 +16,7 @@ process that asks: the timestamps it compares were written by the database too.
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, models, transaction
@@ -114,7 +115,9 @@ class RepairLease(models.Model):
         if not cls.objects.filter(name=name).exists():
             try:
                 with transaction.atomic():
-                    cls.objects.create(name=name)
+                    # free since long ago: a default of this host's now() could compare above the
+                    # database's now() (SQLite keeps milliseconds there, microseconds here)
+                    cls.objects.create(name=name, held_until=timezone.now() - timedelta(days=1))
             except IntegrityError:
                 pass  # another node created it first
         return (
