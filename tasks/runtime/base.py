@@ -147,7 +147,7 @@ class TrackedTask(DjangoTask):
         """Record the retry with its due time and no message in the broker: the repair pass publishes it."""
         task_id = self.job_id
         next_retry_at = eta or timezone.now() + timedelta(seconds=countdown or 0)
-        error_type, error_message = describe_error(exc) if isinstance(exc, BaseException) else ("Retry", str(exc))
+        error = describe_error(exc) if isinstance(exc, BaseException) else ("Retry", str(exc))
         logger.warning(
             "job %s: retry %s due at %s, %s; the repair pass publishes it",
             task_id,
@@ -155,18 +155,7 @@ class TrackedTask(DjangoTask):
             next_retry_at.isoformat(),
             why,
         )
-        won = durable(
-            lambda: Job(id=task_id).mark_retrying(
-                error_type=error_type,
-                error_message=error_message,
-                next_retry_at=next_retry_at,
-                published=False,
-                attempt=self.attempt or None,
-            ),
-            what=f"the retry of {task_id}",
-        )
-        if not won:
-            refused_as_stale(task_id, attempt=self.attempt, type_name=self.name, write="retry")
+        self._record_retry(task_id, error, next_retry_at, published=False)
 
     def on_retry(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: ExceptionInfo) -> None:
         """Record the transient failure and when the next attempt is due."""
@@ -176,19 +165,17 @@ class TrackedTask(DjangoTask):
             next_retry_at = timezone.now() + timedelta(seconds=when)
         else:
             next_retry_at = when or timezone.now()
-        error_type, error_message = describe_error(exc)
-        fence = self._fence(task_id)
         # Cancelled by the main process on a broker connection loss (einfo None): no retry message was
         # published, and the unacked one comes back only after the broker's redelivery delay (Redis:
         # the visibility timeout). Recorded unpublished, the repair pass publishes it once the broker is back.
-        published = einfo is not None
+        self._record_retry(task_id, describe_error(exc), next_retry_at, published=einfo is not None)
+
+    def _record_retry(self, task_id: str, error: tuple[str, str], next_retry_at: Any, *, published: bool) -> None:
+        """The retrying transition of this process's attempt (fenced); a refused one is a stale write."""
+        fence = self._fence(task_id)
         won = durable(
             lambda: Job(id=task_id).mark_retrying(
-                error_type=error_type,
-                error_message=error_message,
-                next_retry_at=next_retry_at,
-                published=published,
-                **fence,
+                error_type=error[0], error_message=error[1], next_retry_at=next_retry_at, published=published, **fence
             ),
             what=f"the retry of {task_id}",
         )

@@ -191,7 +191,7 @@ def _new_job(
         errors["idempotency_key"] = ["must be 1 to 255 characters"]
     if errors:
         raise SubmissionError(errors)
-    held = bool(countdown) and countdown > settings.TERMINUS_BROKER_DELAY_MAX
+    held = _held(countdown)
     return Job(
         id=uuid.uuid4(),
         type=type_name,

@@ -42,6 +42,28 @@ def seconds_until_recovered(jobs: list[Job], interrupted: list[Job], since: floa
     return time.monotonic() - since
 
 
+def interrupt_two(start_worker: Any, queue: str) -> tuple[Any, list[Job], list[Job]]:
+    """A worker (production defaults) running two of a batch of sleepers: (worker, batch, the two)."""
+    worker = start_worker(queue, concurrency=2, **PRODUCTION)
+    jobs = sleepers(queue)
+    interrupted = wait_for(lambda: running(jobs) if len(running(jobs)) == 2 else None, what="two running jobs")
+    return worker, jobs, interrupted
+
+
+def assert_recovered(
+    figure_name: str, jobs: list[Job], interrupted: list[Job], since: float, *, within: float, rule: str
+) -> None:
+    """Print the figure line (seconds from ``since`` until every interrupted job ran again), then check
+    it, that every job succeeded, and that each interrupted attempt was closed as lost by ``rule``."""
+    figure = seconds_until_recovered(jobs, interrupted, since)
+    done = [wait_terminal(job.id, timeout=120) for job in jobs]
+    print(f"{figure_name}: {figure:.1f} s until every interrupted job ran again")
+    assert figure <= within
+    assert [job.status for job in done] == [Status.SUCCEEDED] * JOBS
+    for job in interrupted:
+        assert lost_reasons(Job.objects.get(pk=job.pk)) in expected_reasons(rule)
+
+
 def expected_reasons(rule: str) -> list[list[str]]:
     """How an interrupted attempt may be closed: by ``rule``; on RabbitMQ also by the claim of its
     redelivery (RabbitMQ requeues a dead consumer's messages at once, so that may come first)."""
@@ -54,43 +76,28 @@ def lost_reasons(job: Job) -> list[str]:
 
 def test_a_worker_killed_and_started_again_runs_its_interrupted_jobs_again_at_once(start_worker, drill_queue):
     # Given a worker running jobs of 3 s
-    worker = start_worker(drill_queue, concurrency=2, **PRODUCTION)
-    jobs = sleepers(drill_queue)
-    interrupted = wait_for(lambda: running(jobs) if len(running(jobs)) == 2 else None, what="two running jobs")
+    worker, jobs, interrupted = interrupt_two(start_worker, drill_queue)
     # When it is SIGKILLed (main process and children) and started again a second later, same node name
     worker.kill()
     time.sleep(1)
     restarted_at = time.monotonic()
     start_worker(drill_queue, concurrency=2, name=worker.name, **PRODUCTION)
-    # Then the jobs it was running run again at once, not after a time limit, and every job ends
-    figure = seconds_until_recovered(jobs, interrupted, restarted_at)
-    done = [wait_terminal(job.id, timeout=120) for job in jobs]
-    print(f"kill9-worker-restart: {figure:.1f} s from restart until every interrupted job ran again")
-    assert figure <= 30
-    assert [job.status for job in done] == [Status.SUCCEEDED] * JOBS
-    for job in interrupted:
-        assert lost_reasons(Job.objects.get(pk=job.pk)) in expected_reasons(NODE_RESTARTED)
+    # Then the jobs it was running run again at once (from the restart), not after a time limit, and every job ends
+    assert_recovered("kill9-worker-restart", jobs, interrupted, restarted_at, within=30, rule=NODE_RESTARTED)
     old = WorkerNode.objects.filter(hostname=worker.name).order_by("started_at").first()
     assert old is not None and old.stopped_at is not None
 
 
 def test_a_worker_killed_for_good_has_its_jobs_run_by_another_live_worker_within_a_minute(start_worker, drill_queue):
     # Given two workers on one queue, one of them running jobs
-    doomed = start_worker(drill_queue, concurrency=2, **PRODUCTION)
-    jobs = sleepers(drill_queue)
-    interrupted = wait_for(lambda: running(jobs) if len(running(jobs)) == 2 else None, what="two running jobs")
+    doomed, jobs, interrupted = interrupt_two(start_worker, drill_queue)
     start_worker(drill_queue, concurrency=2, **PRODUCTION)
     # When the first is SIGKILLed and never comes back (and no beat, no crons worker runs)
     killed_at = time.monotonic()
     doomed.kill()
-    # Then the survivor's repair pass sees the node dead and its jobs run again, well before any time limit
-    figure = seconds_until_recovered(jobs, interrupted, killed_at)
-    done = [wait_terminal(job.id, timeout=120) for job in jobs]
-    print(f"kill9-worker-no-restart: {figure:.1f} s from the kill until every interrupted job ran again")
-    assert figure <= 60
-    assert [job.status for job in done] == [Status.SUCCEEDED] * JOBS
-    for job in interrupted:
-        assert lost_reasons(Job.objects.get(pk=job.pk)) in expected_reasons(NODE_DEAD)
+    # Then the survivor's repair pass sees the node dead and its jobs run again (from the kill), well
+    # before any time limit
+    assert_recovered("kill9-worker-no-restart", jobs, interrupted, killed_at, within=60, rule=NODE_DEAD)
 
 
 def test_a_warm_shutdown_records_the_node_as_stopped_once_its_jobs_finished(start_worker, drill_queue):
