@@ -11,10 +11,15 @@ deploy/entrypoint.sh exec'd), so the image's one HEALTHCHECK fits every role:
   beat, which compose starts only after web is healthy. Standard library only (slim images have no
   curl). The request's Host header is $HEALTHCHECK_HOST (default ``localhost``), which must be in
   ALLOWED_HOSTS or Django answers 400.
-* worker / beat: ``inspect ping`` through the broker to this container's own node
-  ($WORKER_NAME, default ``terminus@%h``; $BEAT_NAME, default ``celerybeat@%h``). Beat answers
-  only when started with --enable-remote-control (deploy/start-beat.sh does), and stops
-  answering when its scheduler loop stalls.
+* worker: ``inspect ping`` through the broker to this container's own node ($WORKER_NAME, default
+  ``terminus@%h``: its consumer loop answers); its liveness row is fresh (the main process's heartbeat
+  thread records it every TERMINUS_WORKER_HEARTBEAT seconds, results.models.WorkerNode); and the
+  fleet's repair loop runs (the ``repairs`` readiness check: a pass completed within 3 intervals,
+  recorded and alerted once like /readyz's checks). A red ``repairs`` means the jobs of a dead worker
+  are not being recovered: every worker shows it, which is what an operator must see.
+* beat: ``inspect ping`` to $BEAT_NAME (default ``celerybeat@%h``). Beat answers only when started
+  with --enable-remote-control (deploy/start-beat.sh does), and stops answering when its scheduler
+  loop stalls.
 """
 
 from __future__ import annotations
@@ -66,10 +71,18 @@ def check_web() -> str:
     return f"{path} ok"
 
 
-def check_node(env_name: str, default: str) -> str:
-    node = os.environ.get(env_name, default).replace("%h", socket.gethostname())
+def setup_django() -> None:
+    """Django set up from this checkout, imported only by the worker and beat checks (web needs none)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    import django
+
+    django.setup()
+
+
+def check_node(env_name: str, default: str) -> str:
+    node = os.environ.get(env_name, default).replace("%h", socket.gethostname())
+    setup_django()
     from project.celery import app
 
     timeout = float(os.environ.get("HEALTHCHECK_TIMEOUT", "5"))
@@ -79,6 +92,26 @@ def check_node(env_name: str, default: str) -> str:
     return f"{node} answered"
 
 
+def check_worker() -> str:
+    """The node answers, its liveness row is fresh, and the fleet's repair loop runs."""
+    answered = check_node("WORKER_NAME", "terminus@%h")
+    node = answered.removesuffix(" answered")
+    from django.conf import settings
+
+    from results.models import WorkerNode
+    from tasks.fleet.readiness import readiness
+
+    dead_after = settings.TERMINUS_WORKER_DEAD_AFTER
+    if not WorkerNode.objects.filter(hostname=node).alive(dead_after=dead_after).exists():
+        raise SystemExit(f"unhealthy: {node} has not recorded its heartbeat for {dead_after}s (results.WorkerNode)")
+    verdict = readiness(("database", "repairs"))
+    if verdict["status"] != "ok":
+        checks = verdict["checks"]
+        errors = "; ".join(f"{name}: {checks[name].get('error', 'failing')}" for name in verdict["failing"])
+        raise SystemExit(f"unhealthy: {errors}")
+    return f"{node} answered, heartbeat fresh, repairs running"
+
+
 def main(argv: list[str]) -> None:
     role = argv[1] if len(argv) > 1 else detect_role()
     if role not in ROLES:
@@ -86,7 +119,7 @@ def main(argv: list[str]) -> None:
     if role == "web":
         message = check_web()
     elif role == "worker":
-        message = check_node("WORKER_NAME", "terminus@%h")
+        message = check_worker()
     else:
         message = check_node("BEAT_NAME", "celerybeat@%h")
     print(f"healthy: {message}")

@@ -389,7 +389,9 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.5,
 }
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
-# Redis: a message delivered but not acked comes back after visibility_timeout. It must exceed
+# The broker's redelivery window. Redis: a message delivered but not acked comes back after
+# visibility_timeout; RabbitMQ: a consumer holding a message longer than the work queues'
+# x-consumer-timeout loses its channel and the message is delivered again. It must exceed
 # the longest hard time limit plus the longest wait a message spends in the broker (a countdown or
 # retry delay up to TERMINUS_BROKER_DELAY_MAX; longer ones are held in the database), or a slow job
 # is run twice while still alive (celery#4400). kombu then restores it in a sweep every
@@ -441,7 +443,13 @@ if CELERY_BROKER_URL.startswith(("amqp", "pyamqp")):
             name,
             Exchange(name, type="direct"),
             routing_key=name,
-            queue_arguments={"x-dead-letter-exchange": _dlx.name, "x-dead-letter-routing-key": "dead_letter.raw"},
+            queue_arguments={
+                "x-dead-letter-exchange": _dlx.name,
+                "x-dead-letter-routing-key": "dead_letter.raw",
+                # RabbitMQ 3.12+ (older servers ignore it and apply rabbitmq.conf's consumer_timeout,
+                # 30 min by default: tasks.fleet.broker_window warns at worker start).
+                "x-consumer-timeout": CELERY_VISIBILITY_TIMEOUT * 1000,
+            },
         )
         for name in [*TERMINUS_QUEUES, "dead_letter"]
     ] + [Queue("dead_letter.raw", _dlx, routing_key="dead_letter.raw")]

@@ -12,6 +12,7 @@ ENGINE_MODULES = (
     "tasks.fleet.canaries",
     "tasks.fleet.control",
     "tasks.fleet.events",
+    "tasks.fleet.broker_window",
     "tasks.recovery.liveness",
 )
 

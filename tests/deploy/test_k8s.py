@@ -249,6 +249,16 @@ def test_workers_serve_their_metrics_on_a_named_port() -> None:
         assert any(env["PROMETHEUS_MULTIPROC_DIR"].startswith(path + "/") for path in mounts), "read-only root"
 
 
+def test_worker_readiness_is_the_worker_healthcheck_and_no_liveness_probe_restarts_them() -> None:
+    """A worker is ready while it answers, beats and the repair loop runs (deploy/healthcheck.py worker);
+    a liveness probe would restart every worker, and kill their jobs, in a broker or database outage."""
+    for worker in objects("Deployment", "worker"):
+        (container,) = worker["spec"]["template"]["spec"]["containers"]
+        assert container["readinessProbe"]["exec"]["command"] == ["python", "/app/deploy/healthcheck.py", "worker"]
+        assert container["readinessProbe"]["timeoutSeconds"] > 5, "the ping alone may take HEALTHCHECK_TIMEOUT (5 s)"
+        assert "livenessProbe" not in container
+
+
 def test_web_probes_hit_routed_health_endpoints_with_an_allowed_host() -> None:
     (web,) = objects("Deployment", "web")
     (container,) = web["spec"]["template"]["spec"]["containers"]

@@ -200,3 +200,31 @@ def test_worker_and_beat_answer_pings_and_stop_on_sigterm(start_role: Callable[.
     assert worker.terminate() == 0, worker.log()
     assert "Warm shutdown" in worker.log()
     assert list((tmp_path / "beat").glob("celerybeat-schedule*")), "beat keeps its schedule in BEAT_SCHEDULE_DIR"
+
+
+def test_a_worker_is_unhealthy_while_no_repair_pass_runs(start_role: Callable[..., Role], tmp_path: Path) -> None:
+    migrate = subprocess.run(
+        [sys.executable, str(DEPLOY / "prestart.py"), "--migrate"],
+        env=base_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    # Given a worker that runs no repair pass (TERMINUS_REPAIR_INTERVAL=0), alone in its fleet
+    worker = start_role(
+        "start-worker.sh",
+        WORKER_QUEUES="default",
+        WORKER_CONCURRENCY="1",
+        WORKER_NAME="norepair@%h",
+        TERMINUS_REPAIR_INTERVAL="0",
+    )
+    assert "norepair@" in worker.wait_healthy("worker"), "with the loop off, the reaper cron is the repairer"
+    # When the probe runs with the production setting (a pass due every 15 s)
+    worker.env["TERMINUS_REPAIR_INTERVAL"] = "15"
+    result = worker.healthcheck("worker")
+    # Then the worker is unhealthy, saying that the jobs of a dead worker are not being repaired
+    assert result.returncode == 1
+    assert "repairs: no repair pass has completed yet" in result.stderr, result.stderr
+    assert worker.terminate() == 0, worker.log()
