@@ -13,7 +13,9 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 from django.conf import settings
+from django.db.models.functions import Now
 
 from results.models import AttemptOutcome, Job, Status
 from tasks.recovery.repairs import NODE_DEAD
@@ -120,3 +122,69 @@ def test_broker_outage_at_retry_time_is_not_a_final_failure(start_worker, drill_
     assert figures["held"] >= 1  # the outage really hit a retry
     assert not Job.objects.filter(pk__in=ids, error_type="Rejected").exists()
     assert figures["succeeded"] == figures["jobs"] and figures["lost"] == 0 and figures["past_deadline"] == 0
+
+
+def test_crons_worker_dead_a_killed_workers_jobs_still_end_terminal(start_stack, start_worker, drill_queue):
+    # Given beat and the crons worker (the reaper cron's runners) stopped for good
+    stack = start_stack(**PRODUCTION_RECOVERY)
+    stack.stop()
+    # and a job worker running jobs of 3 s
+    doomed = start_worker(drill_queue, concurrency=2, **PRODUCTION_RECOVERY)
+    ids = [submit("diagnostics.sleep", {"seconds": 3}, queue=drill_queue).pk for _ in range(8)]
+    wait_for(lambda: Job.objects.filter(pk__in=ids, status=Status.RUNNING).count() == 2, what="two running")
+    # When it is SIGKILLed and replaced a second later by a worker under another name (a new pod: the
+    # restart of the same node name is kill9-worker-restart)
+    doomed.kill()
+    killed_at = time.monotonic()
+    time.sleep(1)
+    start_worker(drill_queue, concurrency=2, **PRODUCTION_RECOVERY)
+    # Then the replacement's repair loop finds the dead node and every job ends terminal, no cron involved
+    figures = report(
+        "crons-worker-dead",
+        ids,
+        timeout=180,
+        extra=lambda: {"terminal_after_kill_s": round(time.monotonic() - killed_at, 1)},
+    )
+    assert figures["succeeded"] == figures["jobs"] and figures["lost"] == 0 and figures["duplicates"] == 0
+    assert figures["redelivered"] == 2 and figures["past_deadline"] == 0
+    lost = {
+        a.error_message for job in Job.objects.filter(pk__in=ids) for a in job.attempt_history() if a.outcome == "lost"
+    }
+    assert lost == {NODE_DEAD}
+    assert figures["terminal_after_kill_s"] <= 60
+
+
+@pytest.mark.timeout(600)  # waits out the 5-minute visibility timeout
+def test_long_countdown_on_redis_with_a_five_minute_visibility_timeout_runs_once(start_worker, drill_queue):
+    if not settings.CELERY_BROKER_URL.startswith(("redis", "rediss")):
+        pytest.skip("the visibility timeout is Redis's redelivery rule")
+    # Given a worker on Redis with a 5-minute visibility timeout (the longest job type's limit lowered to
+    # fit under it; the job here runs in no time)
+    visibility = 300
+    start_worker(
+        drill_queue,
+        **{**PRODUCTION_RECOVERY, "TERMINUS_MAX_TIME_LIMIT": "200", "CELERY_VISIBILITY_TIMEOUT": str(visibility)},
+    )
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    # When a job is submitted with a countdown of 2 hours
+    job = submit("diagnostics.sleep", {"seconds": 0}, queue=drill_queue, countdown=7200)
+    submitted_at = time.monotonic()
+    # Then for longer than the visibility timeout (and kombu's restore sweeps) no message exists to be
+    # restored and delivered twice: the job waits in the database, unpublished
+    while time.monotonic() - submitted_at < visibility + 15:
+        held = Job.objects.get(pk=job.pk)
+        assert (held.status, held.attempts, held.dispatched_at) == (Status.QUEUED, 0, None)
+        assert not any(broker.llen(key) for key in broker.scan_iter(f"{drill_queue}*"))  # every priority list
+        assert not any(str(job.pk).encode() in message for message in broker.hvals("unacked"))
+        time.sleep(5)
+    # And once its 2 hours are over (the due time moved: the hours themselves are not waited out), the
+    # worker's repair loop publishes it and it runs once
+    Job.objects.filter(pk=job.pk).update(next_retry_at=Now())
+    done = wait_terminal(job.pk, timeout=60)
+    time.sleep(15)  # a second copy would have run by now
+    figures = report(
+        "long-countdown",
+        [job.pk],
+        extra=lambda: {"held_s": round(time.monotonic() - submitted_at), "runs": Job.objects.get(pk=job.pk).attempts},
+    )
+    assert (done.status, figures["runs"], figures["duplicates"], figures["lost"]) == (Status.SUCCEEDED, 1, 0, 0)
