@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -19,15 +20,24 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/terminus
 TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672//
 
-.PHONY: install browser run test test-services test-rabbitmq test-embedded bench lint format clean
+.PHONY: install browser promtool run test test-services test-rabbitmq test-embedded bench lint format clean
 
-$(STAMP): pyproject.toml
+## make run's install: the runtime dependencies and the process runner (the `run` extra), nothing else.
+$(RUN_STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[run]'
+	touch $(RUN_STAMP)
+
+## make install (make test, CI): the tools and the tests too (the `dev` extra), the client, chromium, promtool.
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e clients/python  # the Python client (tests/clients drive it against a live server)
 	touch $(STAMP)
 
-install: $(STAMP) browser
+install: $(STAMP) browser promtool
 
 ## Debian's chromium for the browser tests (tests/results/web drive it with Playwright; nothing is downloaded
 ## through a test tool). A no-op when present; where apt cannot run, the browser tests skip, saying why.
@@ -39,12 +49,24 @@ browser:
 	{ $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "note: could not install chromium with apt-get: the browser tests will skip"
 
+## Debian's promtool (package prometheus) for tests/deploy: `promtool check rules` and `promtool test rules` on
+## deploy/prometheus, and the Grafana dashboard's queries parsed as PromQL. A no-op when present; where apt
+## cannot run, those tests skip, saying why. (Installing the package does not start a Prometheus server in a
+## container; on a systemd host, `systemctl disable --now prometheus` if you don't want one.)
+promtool:
+	@if command -v promtool >/dev/null; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then echo "note: no apt-get: install promtool or the promtool tests skip"; exit 0; fi; \
+	SUDO=; if [ "$$(id -u)" != 0 ]; then SUDO="sudo -n"; fi; \
+	echo "installing prometheus (apt-get) for promtool"; \
+	{ $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+		|| echo "note: could not install prometheus with apt-get: the promtool tests will skip"
+
 ## make run: web + worker + beat on the embedded default (SQLite + filesystem broker under var/),
 ## or on whatever DATABASE_URL / CELERY_BROKER_URL point at.
-run: install
+run: $(RUN_STAMP)
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py bootstrap_dev --host $(HOST) --port $(PORT)
-	PATH="$(CURDIR)/$(BIN):$$PATH" TERMINUS_HOST=$(HOST) TERMINUS_PORT=$(PORT) $(BIN)/honcho -f Procfile start
+	PATH="$(CURDIR)/$(BIN):$$PATH" TERMINUS_HOST=$(HOST) TERMINUS_PORT=$(PORT) $(BIN)/python -m project.devrun -f Procfile start
 
 ## make test: lint, then the whole suite on Redis + PostgreSQL, the broker-specific tests on
 ## RabbitMQ + PostgreSQL, and the whole suite again on the embedded default.

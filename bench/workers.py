@@ -150,7 +150,9 @@ def reset_counters() -> None:
 
 
 def queue_length(queue: str) -> int:
-    return int(env.redis().llen(queue))
+    """Messages waiting in every priority list of the queue (Terminus publishes at priority 3)."""
+    redis = env.redis()
+    return sum(int(redis.llen(key)) for key in redis.scan_iter(f"{queue}*"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,9 +7,13 @@
 # terminationGracePeriodSeconds, systemd TimeoutStopSec). More flags: GUNICORN_CMD_ARGS.
 # Logs: with LOG_FORMAT=json (production's default) gunicorn's error and access lines are JSON too,
 # each access line with the request's X-Correlation-ID (project/logging.py: GunicornLogger).
+# HTTP metrics: each gunicorn worker counts requests in files under PROMETHEUS_MULTIPROC_DIR, and
+# /metrics adds them up, whichever worker answers the scrape (results/ops/http_metrics.py).
 set -o errexit -o nounset -o pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-/tmp/terminus-metrics}"
 
 exec gunicorn project.wsgi:application \
   --bind "0.0.0.0:${PORT:-8000}" \

@@ -48,6 +48,38 @@ EXTRA_FIELDS = (
 DEAD_LETTER_RECORD_TASK = "terminus.dead_letter.record"
 
 
+#: Terminus's own periodic tasks (the crons, the queue canaries, the alert flush): Celery's lines about
+#: them (beat's "Sending due task", the worker's "received" and "succeeded") repeat every minute and say
+#: nothing a CronRun row does not, so they are logged at DEBUG; a failure of one stays at its level.
+BOOKKEEPING_TASKS = re.compile(r"^terminus\.(cron\.|health\.canary$|alerts\.flush$)")
+#: The Celery loggers that write those lines.
+BOOKKEEPING_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+
+
+def _task_name_of(record: logging.LogRecord) -> str:
+    """The task a Celery line is about: ``{"name": …}`` (worker) or ``(entry, task)`` (beat)."""
+    args = record.args
+    if isinstance(args, dict):
+        return str(args.get("name", ""))
+    if isinstance(args, tuple) and len(args) == 2:  # beat: "Sending due task %s (%s)"
+        return str(args[1])
+    return ""
+
+
+class BookkeepingAtDebug(logging.Filter):
+    """Celery's INFO lines about a bookkeeping task become DEBUG lines, shown only at LOG_LEVEL=DEBUG.
+
+    A filter on the logger, because Celery's level is per logger and the same logger writes the
+    lines of the jobs users submit, which stay at INFO.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not BOOKKEEPING_TASKS.match(_task_name_of(record)):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
 def _celery_message_fields(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """Celery logs a task's lines with ``{"id": …, "name": …}`` as arguments: keep them as fields."""
     args = event_dict.pop("positional_args", None)  # the formatter passes them (pass_foreign_args)
@@ -157,7 +189,12 @@ def logging_config(*, level: str, fmt: str) -> dict[str, Any]:
         "root": {"handlers": ["console"], "level": level.upper()},
         # Django logs every 4xx/5xx through django.request and the server: keep one line each.
         # celery.pool logs every task's headers and body at DEBUG: payloads must not reach logs.
-        "loggers": {"django.server": {"level": "WARNING"}, "celery.pool": {"level": "INFO"}},
+        "filters": {"bookkeeping": {"()": "project.logging.BookkeepingAtDebug"}},
+        "loggers": {
+            "django.server": {"level": "WARNING"},
+            "celery.pool": {"level": "INFO"},
+            **{name: {"filters": ["bookkeeping"]} for name in BOOKKEEPING_LOGGERS},
+        },
     }
 
 

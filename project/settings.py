@@ -8,12 +8,16 @@ secret, database and broker.
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import csp.constants as csp
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from project.schedules import parse_schedule
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -68,11 +72,24 @@ def env_float(name: str, default: float, *, minimum: float | None = None) -> flo
     return number
 
 
+def env_schedule(name: str, default: int) -> int | str:
+    """A cron's timing: seconds (``3600``) or a 5-field crontab (``0 3 * * *``), read by the one parser
+    that ``@cron`` uses too (project/schedules.py); held as plain data, the seconds or the expression."""
+    value = env_str(name)
+    return parse_schedule(default if value is None else value, name=name).setting_value
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     value = env_str(name)
     if value is None:
         return default
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def url_list(value: str | None) -> list[str]:
+    """URLs separated by commas or spaces; a comma inside a URL (``?to=a@x,b@y``) stays in it."""
+    parts = re.split(r"[\s,]+(?=[A-Za-z][A-Za-z0-9+.-]*://)", (value or "").strip())
+    return [part.strip(" ,\t\n") for part in parts if part.strip(" ,\t\n")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +100,10 @@ if TERMINUS_ENV not in {"development", "production"}:
     raise ImproperlyConfigured("TERMINUS_ENV must be 'development' or 'production'")
 PRODUCTION = TERMINUS_ENV == "production"
 
-VAR_DIR = Path(env_str("TERMINUS_VAR_DIR", str(BASE_DIR / "var")))
+# A checkout keeps its state next to manage.py; an installed wheel has no checkout, and its
+# package folder (site-packages) is no place to write: ./var under the working directory instead.
+_DEFAULT_VAR_DIR = BASE_DIR / "var" if (BASE_DIR / "manage.py").is_file() else Path.cwd() / "var"
+VAR_DIR = Path(env_str("TERMINUS_VAR_DIR", str(_DEFAULT_VAR_DIR)))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("DEBUG", not PRODUCTION)
@@ -106,6 +126,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and Redoc as static files: /api/docs/ needs no CDN
     "django_celery_results",
     "axes",
     "results",
@@ -114,6 +135,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "project.middleware.CorrelationIdMiddleware",  # first: every response and log line carries the id
+    "results.ops.http_metrics.BeforeMiddleware",  # /metrics: requests, latency with every middleware
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -123,6 +145,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "results.ops.http_metrics.AfterMiddleware",  # /metrics: latency and status by view (axes' 429s too)
     "axes.middleware.AxesMiddleware",  # last: answers 429 once a login is locked out
 ]
 
@@ -263,6 +286,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Submit background jobs and poll them until they reach a terminal state.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # /api/docs/ and /api/redoc/ load their assets from STATIC_URL, not a CDN (no internet needed).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"persistAuthorization": True, "displayOperationId": True, "filter": True},
 }
 # Request bodies above this are refused with 413 before they reach a view.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("TERMINUS_MAX_REQUEST_BYTES", 1024 * 1024, minimum=1024)
@@ -286,9 +314,9 @@ TERMINUS_MAX_RESULT_BYTES = env_int("TERMINUS_MAX_RESULT_BYTES", 1024 * 1024, mi
 # A retry wait (and, for new jobs, a countdown) longer than this is held in the database, not in the
 # broker: the repair pass publishes the message when it is due within this (s).
 TERMINUS_BROKER_DELAY_MAX = env_int("TERMINUS_BROKER_DELAY_MAX", 60, minimum=1)
-# The longest countdown (or scheduled_for) a submission may ask for, seconds: 30 days. A wait longer
-# than TERMINUS_BROKER_DELAY_MAX is held in the database, not in the broker.
-TERMINUS_MAX_COUNTDOWN = env_int("TERMINUS_MAX_COUNTDOWN", 30 * 86400, minimum=0)
+# How far ahead a submission may be scheduled (countdown or scheduled_for), days. A wait longer than
+# TERMINUS_BROKER_DELAY_MAX is held in the database, not in the broker.
+TERMINUS_MAX_SCHEDULE_DAYS = env_int("TERMINUS_MAX_SCHEDULE_DAYS", 30, minimum=0)
 TERMINUS_DEFAULT_TIME_LIMIT = env_int("TERMINUS_DEFAULT_TIME_LIMIT", 300, minimum=1)
 TERMINUS_DEFAULT_SOFT_TIME_LIMIT = env_int("TERMINUS_DEFAULT_SOFT_TIME_LIMIT", 270, minimum=1)
 TERMINUS_MAX_TIME_LIMIT = env_int("TERMINUS_MAX_TIME_LIMIT", 3600, minimum=1)
@@ -322,6 +350,9 @@ TERMINUS_OUTBOUND_ALLOW = env_list("TERMINUS_OUTBOUND_ALLOW", [])
 TERMINUS_BASE_URL = env_str("TERMINUS_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 TERMINUS_ALERT_WEBHOOK_URL = env_str("TERMINUS_ALERT_WEBHOOK_URL")  # Slack-compatible incoming webhook
 TERMINUS_ALERT_MAIL = env_bool("TERMINUS_ALERT_MAIL", False)  # mail ADMINS on final failures
+# Apprise URLs (json://, slack://, msteams://, pagerduty://, discord://, …): each one a channel of its
+# own; read (and refused if malformed) by tasks/failure/apprise_urls.py. URLs carry secrets: _FILE works.
+TERMINUS_ALERT_URLS = url_list(env_str("TERMINUS_ALERT_URLS"))
 TERMINUS_ALERT_WINDOW = env_int("TERMINUS_ALERT_WINDOW", 600, minimum=1)  # one alert per type+error per window
 TERMINUS_DEAD_LETTER_MAX_ROWS = env_int("TERMINUS_DEAD_LETTER_MAX_ROWS", 100_000, minimum=1)
 TERMINUS_DEAD_LETTER_MAX_AGE_DAYS = env_int("TERMINUS_DEAD_LETTER_MAX_AGE_DAYS", 90, minimum=1)
@@ -356,8 +387,9 @@ if CELERY_BROKER_URL is None and PRODUCTION:
 BROKER_DIR = VAR_DIR / "broker"
 if CELERY_BROKER_URL is None:
     # Development: kombu's filesystem transport needs no server; web, worker and beat on one
-    # machine share the folders below.
-    CELERY_BROKER_URL = "filesystem://"
+    # machine share the folders below. The host is ignored; naming it keeps kombu from warning that
+    # none was supplied on every connection (a line every health tick and every submission).
+    CELERY_BROKER_URL = "filesystem://localhost/"
     for _sub in ("queue", "processed", "control"):
         (BROKER_DIR / _sub).mkdir(parents=True, exist_ok=True)
 
@@ -415,6 +447,10 @@ if CELERY_BROKER_URL.startswith("filesystem"):
         "polling_interval": 0.2,  # the default 1 s adds up to a second to every hop
     }
 elif CELERY_BROKER_URL.startswith(("redis", "rediss")):
+    # Every message goes to the queue's priority-3 list; a job whose worker died is published again
+    # at priority 0 (tasks.submit.outbox.FIRST), which kombu serves first, so it runs again at once
+    # instead of behind the backlog (RabbitMQ already gives a dead consumer's messages back in place).
+    CELERY_TASK_DEFAULT_PRIORITY = 3
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
         "unacked_restore_interval": env_int("CELERY_UNACKED_RESTORE_INTERVAL", 10, minimum=1),
@@ -460,12 +496,17 @@ if CELERY_BROKER_URL.startswith(("amqp", "pyamqp")):
 # Crons run on a queue of their own, so a backlog of jobs never delays the reaper.
 TERMINUS_CRON_QUEUE = env_str("TERMINUS_CRON_QUEUE", "crons")
 TERMINUS_CRON_MODULES = env_list("TERMINUS_CRON_MODULES", [])  # modules adding crons with @cron(...)
-# Intervals (s); beat aligns each to multiples of itself (the reaper on every whole minute).
-TERMINUS_REAPER_INTERVAL = env_int("TERMINUS_REAPER_INTERVAL", 60, minimum=1)
-TERMINUS_HEALTH_INTERVAL = env_int("TERMINUS_HEALTH_INTERVAL", 120, minimum=1)
-TERMINUS_ALERT_FLUSH_INTERVAL = env_int("TERMINUS_ALERT_FLUSH_INTERVAL", 60, minimum=1)
-TERMINUS_ROLLUP_INTERVAL = env_int("TERMINUS_ROLLUP_INTERVAL", 3600, minimum=1)
-TERMINUS_CLEANUP_INTERVAL = env_int("TERMINUS_CLEANUP_INTERVAL", 86400, minimum=1)
+# Each is seconds, aligned by beat to multiples of itself (the reaper on every whole minute), or a
+# crontab expression ("0 3 * * *") read in TIME_ZONE.
+TERMINUS_REAPER_INTERVAL = env_schedule("TERMINUS_REAPER_INTERVAL", 60)
+TERMINUS_HEALTH_INTERVAL = env_schedule("TERMINUS_HEALTH_INTERVAL", 120)
+TERMINUS_ALERT_FLUSH_INTERVAL = env_schedule("TERMINUS_ALERT_FLUSH_INTERVAL", 60)
+TERMINUS_ROLLUP_INTERVAL = env_schedule("TERMINUS_ROLLUP_INTERVAL", 3600)
+TERMINUS_CLEANUP_INTERVAL = env_schedule("TERMINUS_CLEANUP_INTERVAL", 86400)
+# The longest wait between two reaper runs (a crontab's longest gap): the readiness limits below scale with it.
+_REAPER_GAP = round(
+    parse_schedule(TERMINUS_REAPER_INTERVAL, name="TERMINUS_REAPER_INTERVAL").longest_gap(ZoneInfo(TIME_ZONE))
+)
 # A cron run with no recorded end this long past its time limit died with its worker.
 TERMINUS_CRON_GRACE = env_int("TERMINUS_CRON_GRACE", 60, minimum=1)
 # Worker liveness (tasks/recovery/liveness.py): each worker's main process records its node as seen
@@ -473,6 +514,9 @@ TERMINUS_CRON_GRACE = env_int("TERMINUS_CRON_GRACE", 60, minimum=1)
 # lost (run again, or failed when no attempts remain) at the next repair pass.
 TERMINUS_WORKER_HEARTBEAT = env_int("TERMINUS_WORKER_HEARTBEAT", 10, minimum=1)
 TERMINUS_WORKER_DEAD_AFTER = env_int("TERMINUS_WORKER_DEAD_AFTER", 3 * TERMINUS_WORKER_HEARTBEAT, minimum=2)
+# make run (project/devrun.py): after Ctrl-C the worker stops taking messages and finishes its running
+# jobs; whatever still runs this many seconds later is killed.
+TERMINUS_RUN_STOP_WAIT = env_int("TERMINUS_RUN_STOP_WAIT", 30, minimum=1)
 # The repair pass (tasks/recovery/repairs.py) runs from every worker node, one at a time, this often
 # (s; 0: only the reaper cron runs it); a node holding its lease longer than TERMINUS_REPAIR_LEASE is
 # presumed dead mid-pass and another takes over.
@@ -495,10 +539,10 @@ TERMINUS_HOOK_LEASE = env_int("TERMINUS_HOOK_LEASE", 300, minimum=1)
 TERMINUS_CANARY_TIMEOUT = env_int("TERMINUS_CANARY_TIMEOUT", 300, minimum=1)
 TERMINUS_READY_BROKER_TIMEOUT = env_float("TERMINUS_READY_BROKER_TIMEOUT", 2.0, minimum=0.1)
 TERMINUS_READY_PING_TIMEOUT = env_float("TERMINUS_READY_PING_TIMEOUT", 1.0, minimum=0.1)
-TERMINUS_READY_BEAT_MAX_AGE = env_int("TERMINUS_READY_BEAT_MAX_AGE", max(180, 3 * TERMINUS_REAPER_INTERVAL), minimum=1)
+TERMINUS_READY_BEAT_MAX_AGE = env_int("TERMINUS_READY_BEAT_MAX_AGE", max(180, 3 * _REAPER_GAP), minimum=1)
 TERMINUS_READY_DLQ_MAX_OPEN = env_int("TERMINUS_READY_DLQ_MAX_OPEN", 1000, minimum=0)
 TERMINUS_READY_DLQ_MAX_AGE = env_int("TERMINUS_READY_DLQ_MAX_AGE", 86400, minimum=1)
-TERMINUS_READY_DEADLINE_GRACE = env_int("TERMINUS_READY_DEADLINE_GRACE", 2 * TERMINUS_REAPER_INTERVAL, minimum=0)
+TERMINUS_READY_DEADLINE_GRACE = env_int("TERMINUS_READY_DEADLINE_GRACE", 2 * _REAPER_GAP, minimum=0)
 # /readyz shares its answer this long (0: every call runs the checks, pinging every worker).
 TERMINUS_READY_CACHE_SECONDS = env_int("TERMINUS_READY_CACHE_SECONDS", 5, minimum=0)
 # Retention (days) and how cleanup deletes: rows per transaction, seconds per run.
@@ -517,6 +561,7 @@ if TERMINUS_CLEANUP_MAX_SECONDS > 3000:
 TERMINUS_ROLLUP_HOURS = env_int("TERMINUS_ROLLUP_HOURS", 3, minimum=1)  # complete hours recomputed per run
 # Beat stamps each cron message with its tick (the lock key); its entries come from tasks/crons/beat.py.
 CELERY_BEAT_SCHEDULER = "tasks.crons.beat:Scheduler"
+CELERY_TIMEZONE = TIME_ZONE  # beat reads crontab schedules in Django's zone, as the admin shows them
 # Cleanup deletes django-celery-results rows in batches; Celery's own backend_cleanup (one
 # DELETE of every expired row, daily at 4:00) would otherwise run too, unrecorded.
 CELERY_RESULT_EXPIRES = None

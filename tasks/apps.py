@@ -9,7 +9,9 @@ from django.conf import settings
 ENGINE_MODULES = (
     "tasks.failure.dead_letters",
     "tasks.failure.alerting",
+    "tasks.runtime.outbound",  # installs the outbound policy's check for alert webhooks (apprise_urls)
     "tasks.fleet.canaries",
+    "tasks.submit.outbox",  # installs submit() behind a job type's task.delay() (tasks.runtime.direct_calls)
     "tasks.fleet.control",
     "tasks.fleet.events",
     "tasks.fleet.broker_window",

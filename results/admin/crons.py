@@ -2,7 +2,8 @@
 
 The schedule is declared in code (one ``@cron`` per cron, tasks/crons/), not in the database: it is
 reviewed and versioned with the code that runs it, and every process reads the same one. This admin
-shows it, as the registry has it (tasks.crons.beat.load), with each cron's last run and skip count,
+shows it, as the registry has it (tasks.crons.beat.load): each cron's schedule (seconds or a
+crontab, and the setting that re-times it), when beat sends it next, its last run and skip count,
 above the run history; nothing here is editable.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.contrib import admin
 from django.db.models import Count
 from django.utils.html import format_html
@@ -63,7 +65,7 @@ class CronRunAdmin(ReadOnlyAdmin):
 
 
 def schedule_rows() -> list[dict[str, Any]]:
-    """One row per registered cron: interval, next send, last run, skips, health."""
+    """One row per registered cron: schedule, next due time, last run, skips, health."""
     crons = load()
     skipped = dict(
         CronRun.objects.filter(status=CronRunStatus.SKIPPED).values_list("cron").annotate(n=Count("pk")).order_by()
@@ -77,8 +79,10 @@ def schedule_rows() -> list[dict[str, Any]]:
             {
                 "name": name,
                 "task": entry.task,
-                "every": entry.every if isinstance(entry.every, str) else "",
-                "seconds": int(entry.seconds),
+                "schedule": str(entry.schedule),
+                "crontab": entry.schedule.is_crontab,
+                "zone": settings.TIME_ZONE,
+                "setting": entry.setting,
                 "time_limit": entry.time_limit,
                 "what": entry.what,
                 "next_run": next_run(entry),

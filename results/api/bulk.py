@@ -25,6 +25,7 @@ from rest_framework.views import APIView
 
 from tasks.submit.outbox import submit_many
 
+from . import examples
 from .parsers import LimitedJSONParser
 from .responses import error_responses
 from .throttling import SubmitRateThrottle
@@ -36,6 +37,7 @@ class BulkItemSerializer(serializers.Serializer):
     payload = serializers.JSONField(help_text="The job's input object.")
     queue = serializers.CharField(required=False, allow_null=True)
     countdown = serializers.IntegerField(required=False, allow_null=True)
+    scheduled_for = serializers.DateTimeField(required=False, allow_null=True)
 
 
 class BulkSubmitSerializer(serializers.Serializer):
@@ -75,12 +77,13 @@ class BulkSubmitView(APIView):
         description=(
             "Records every job in one transaction and publishes them on commit. All or nothing: a bad "
             "item refuses the batch, with errors keyed `jobs.<index>.<field>`. Items take `type`, "
-            "`payload`, `queue` and `countdown` (no idempotency key: retry the batch as a whole). "
+            "`payload`, `queue` and `countdown` or `scheduled_for` (no idempotency key: retry the batch as a whole). "
             "Each job spends one submission of the submit rate: a batch that would go over it is "
             "refused whole with 429 and `Retry-After`."
         ),
         request=BulkSubmitSerializer,
         responses={202: BulkResultSerializer, **error_responses(400, 401, 413, 415, 429)},
+        examples=examples.BULK,
     )
     def post(self, request: Request) -> Response:
         body = body_object(request)

@@ -40,6 +40,7 @@ from tasks.runtime.types import redacted_message_body
 from tasks.submit.actions import ReplayError, replay, resolve
 from tasks.submit.validation import PayloadTooLarge, SubmissionError
 
+from . import examples
 from .errors import Conflict
 from .pagination import JobCursorPagination
 from .parsers import LimitedJSONParser
@@ -292,6 +293,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
         ),
         parameters=[DeadLetterFilterSerializer],
         responses={200: DeadLetterSerializer(many=True), **error_responses(400, 401, resource="dead letter")},
+        examples=examples.DEAD_LETTERS,
     )
     def list(self, request: Request) -> Response:
         params = DeadLetterFilterSerializer(data=request.query_params)
@@ -311,6 +313,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
             "the dead letters they can see."
         ),
         responses={200: DeadLetterStatsSerializer, **error_responses(400, 401, resource="dead letter")},
+        examples=examples.DEAD_LETTER_STATS,
     )
     def stats(self, request: Request) -> Response:
         no_query_parameters(request)
@@ -326,6 +329,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
         ),
         parameters=[DEAD_LETTER_ID],
         responses={200: DeadLetterDetailSerializer, **error_responses(400, 401, 404, resource="dead letter")},
+        examples=examples.DEAD_LETTER_INSPECT,
     )
     def retrieve(self, request: Request, pk: str) -> Response:
         no_query_parameters(request)
@@ -354,6 +358,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
             200: OpenApiResponse(JobDetailSerializer, description="The job of an earlier replay; nothing new runs."),
             **error_responses(400, 401, 404, 409, 413, 415, 429, resource="dead letter"),
         },
+        examples=examples.REPLAY,
     )
     def replay(self, request: Request, pk: str) -> Response:
         body = ReplaySerializer(data=body_object(request))
@@ -396,6 +401,7 @@ class DeadLetterViewSet(viewsets.GenericViewSet):
         request=None,
         parameters=[DEAD_LETTER_ID],
         responses={200: DeadLetterDetailSerializer, **error_responses(401, 404, 409, resource="dead letter")},
+        examples=examples.RESOLVE,
     )
     def resolve(self, request: Request, pk: str) -> Response:
         letter = self.get_letter(pk)

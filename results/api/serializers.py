@@ -6,13 +6,11 @@ Errors from any of these reach the client in the one shape of ``results.api.erro
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -57,14 +55,17 @@ class SubmitSerializer(serializers.Serializer):
     countdown = serializers.IntegerField(
         required=False,
         allow_null=True,
-        help_text=f"Seconds to wait before the first attempt, 0 to {settings.TERMINUS_MAX_COUNTDOWN} (30 days).",
+        help_text=(
+            f"Seconds to wait before the first attempt, 0 to {settings.TERMINUS_MAX_SCHEDULE_DAYS} days "
+            "(TERMINUS_MAX_SCHEDULE_DAYS); the job is recorded at once, queued, due at scheduled_for."
+        ),
     )
     scheduled_for = serializers.DateTimeField(
         required=False,
         allow_null=True,
         help_text=(
             "When the first attempt may start (ISO 8601 with a time zone), instead of countdown: at most "
-            f"{settings.TERMINUS_MAX_COUNTDOWN} seconds ahead; a time already past starts it at once."
+            f"{settings.TERMINUS_MAX_SCHEDULE_DAYS} days ahead; a time already past starts it at once."
         ),
     )
 
@@ -79,16 +80,6 @@ class SubmitSerializer(serializers.Serializer):
         if unknown:
             allowed = ", ".join(self.fields)
             raise serializers.ValidationError({name: [f"unknown field; allowed: {allowed}"] for name in unknown})
-        scheduled_for = attrs.pop("scheduled_for", None)
-        if scheduled_for is not None:
-            if attrs.get("countdown") is not None:
-                raise serializers.ValidationError({"scheduled_for": ["give countdown or scheduled_for, not both"]})
-            countdown = math.ceil((scheduled_for - timezone.now()).total_seconds())
-            if countdown > settings.TERMINUS_MAX_COUNTDOWN:
-                raise serializers.ValidationError(
-                    {"scheduled_for": [f"at most {settings.TERMINUS_MAX_COUNTDOWN} seconds (30 days) ahead"]}
-                )
-            attrs["countdown"] = max(0, countdown)
         return attrs
 
 
@@ -125,6 +116,9 @@ class JobSerializer(serializers.ModelSerializer):
     retry_of = serializers.UUIDField(
         source="retry_of_id", read_only=True, allow_null=True, help_text="The job this one runs again, if any."
     )
+    scheduled_for = serializers.SerializerMethodField(
+        help_text="While queued with a countdown or scheduled_for: when its first attempt is due; else null."
+    )
 
     class Meta:
         model = Job
@@ -139,6 +133,7 @@ class JobSerializer(serializers.ModelSerializer):
             "attempt",
             "max_attempts",
             "next_retry_at",
+            "scheduled_for",
             "heartbeat_at",
             "terminal_by",
             "progress",
@@ -160,6 +155,12 @@ class JobSerializer(serializers.ModelSerializer):
 
     def get_max_attempts(self, job: Job) -> int:
         return job.max_retries + 1
+
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_scheduled_for(self, job: Job) -> str | None:
+        if job.status != Status.QUEUED or job.next_retry_at is None:
+            return None
+        return serializers.DateTimeField().to_representation(job.next_retry_at)
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_traceback(self, job: Job) -> str | None:

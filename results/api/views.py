@@ -33,6 +33,7 @@ from tasks.submit.actions import cancel, rerun
 from tasks.submit.outbox import submit_or_get
 from tasks.submit.validation import SubmissionError
 
+from . import examples
 from .errors import Conflict
 from .pagination import JobCursorPagination
 from .parsers import LimitedJSONParser
@@ -166,6 +167,7 @@ def tenant_of(user: Any) -> Any:
         ),
         parameters=[JobFilterSerializer],
         responses={200: JobSerializer(many=True), **error_responses(400, 401)},
+        examples=examples.LIST,
     ),
     create=extend_schema(
         summary="Submit a job",
@@ -173,9 +175,12 @@ def tenant_of(user: Any) -> Any:
             "Records the job, then publishes it. 202 with the new job; 200 with the existing job when "
             "`idempotency_key` was used before (per tenant, or per user without a tenant). A broker "
             "outage still answers 202: the job stays queued with `dispatched_at` null and is "
-            "published later."
+            "published later. `payload` must be valid for the type's `input_schema` "
+            "(`GET /api/job-types/`); a field the type does not declare is a 400 naming it "
+            "(`payload.<field>`), so a typo never runs the job with its defaults."
         ),
         request=SubmitSerializer,
+        examples=examples.SUBMIT,
         parameters=[
             OpenApiParameter(
                 CORRELATION_HEADER,
@@ -233,6 +238,7 @@ def tenant_of(user: Any) -> Any:
             304: OpenApiResponse(description="Not modified since the ETag in If-None-Match."),
             **error_responses(400, 401, 404, 429),
         },
+        examples=examples.POLL,
     ),
 )
 class JobViewSet(viewsets.GenericViewSet):
@@ -315,6 +321,7 @@ class JobViewSet(viewsets.GenericViewSet):
             idempotency_key=data.get("idempotency_key"),
             queue=data.get("queue"),
             countdown=data.get("countdown"),
+            scheduled_for=data.get("scheduled_for"),
             correlation_id=self.correlation_id,
             by=request.user,
         )
@@ -360,6 +367,7 @@ class JobViewSet(viewsets.GenericViewSet):
         request=CancelSerializer,
         parameters=[JOB_ID],
         responses={200: JobDetailSerializer, **error_responses(400, 401, 404, 409, 415)},
+        examples=examples.CANCEL,
     )
     def cancel(self, request: Request, pk: str) -> Response:
         body = CancelSerializer(data=body_object(request))
@@ -387,6 +395,7 @@ class JobViewSet(viewsets.GenericViewSet):
             202: OpenApiResponse(JobDetailSerializer, description="The new job."),
             **error_responses(401, 404, 409, 429),
         },
+        examples=examples.RETRY,
     )
     def retry(self, request: Request, pk: str) -> Response:
         job = self.get_job(pk, Job.objects.visible_to(request.user))  # with its payload, to submit again
@@ -408,7 +417,12 @@ class JobTypeListView(APIView):
 
     @extend_schema(
         summary="List job types",
+        description=(
+            "The job types this user may submit, each with the JSON Schema its `payload` must satisfy. "
+            "Fields a schema does not declare are refused (400) unless the type accepts extra fields."
+        ),
         responses={200: JobTypeSerializer(many=True), **error_responses(401)},
+        examples=examples.JOB_TYPES,
     )
     def get(self, request: Request) -> Response:
         return Response(JobTypeSerializer(list(job_types_for(request.user).values()), many=True).data)

@@ -11,6 +11,9 @@ processes run:
 * **Events, counted where they happen** by the workers (tasks.fleet.events): attempt durations,
   retries, failures, in prometheus_client's multiprocess files; this view adds up every worker
   directory under ``PROMETHEUS_MULTIPROC_DIR`` that it can see.
+* **HTTP requests, counted by the web processes** (results.ops.http_metrics, django-prometheus):
+  latency by view and method, responses by status, view and method; in files under the same
+  directory when the web runs several processes (gunicorn), else in this process's memory.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from results.models import TERMINAL_STATUSES, Job, Status
+from results.models import REPAIR_PASS, TERMINAL_STATUSES, Job, RepairLease, Status
+from results.ops import http_metrics
 from results.ops.access import bearer_token_matches
 from tasks.failure.dead_letters import queue_stats
 from tasks.fleet.probes import broker_queue_depths, fleet_snapshot, known_queues
@@ -120,6 +124,17 @@ class StateCollector:
             "Age of the oldest open dead letter (0 when none is open).",
             value=stats["oldest_age_seconds"],
         )
+        age = RepairLease.seconds_since_completed(REPAIR_PASS)
+        yield GaugeMetricFamily(
+            "terminus_repair_pass_age_seconds",
+            "Seconds since the workers last completed a repair pass (+Inf: none ever did; see the next metric).",
+            value=float("inf") if age is None else max(0.0, age),
+        )
+        yield GaugeMetricFamily(
+            "terminus_repair_interval_seconds",
+            "TERMINUS_REPAIR_INTERVAL: how often the workers run the repair pass (0: beat's reaper cron runs it).",
+            value=settings.TERMINUS_REPAIR_INTERVAL,
+        )
 
     def _broker(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily(
@@ -162,7 +177,10 @@ def registry() -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StateCollector())
     if settings.PROMETHEUS_MULTIPROC_DIR and Path(settings.PROMETHEUS_MULTIPROC_DIR).is_dir():
+        # The workers' directories, and the web processes' slot files when they count in files.
         registry.register(WorkerEventsCollector(settings.PROMETHEUS_MULTIPROC_DIR))
+    if not http_metrics.counted_in_files():
+        registry.register(http_metrics.REGISTRY)  # one web process: its own counts
     return registry
 
 

@@ -5,10 +5,12 @@ A built-in cron is one ``@cron(...)`` function in any module of this package (ea
 table of crons lives in docs/operations.md, rendered from the registry (``markdown_table``).
 
 Intervals are aligned to multiples of themselves since the epoch (the reaper at every whole
-minute, cleanup at 00:00 UTC), so every beat process sends in the same slots; ``Scheduler`` stamps
-each message with its slot, and the cron runner (tasks/crons/registry.py) turns that into a lock:
-one run per (cron, slot), however many beats sent it. ``expires`` drops a send that waited a whole
-interval in a backlog instead of stacking it.
+minute, cleanup at 00:00 UTC), so every beat process sends in the same slots; a crontab cron is
+Celery's own ``crontab`` (read in the app's timezone, TIME_ZONE), so every beat sends at the same
+matching minutes. ``Scheduler`` stamps each message with its tick (project/schedules.py:
+``tick_at``), and the cron runner (tasks/crons/registry.py) turns that into a lock: one run per
+(cron, tick), however many beats sent it. ``expires`` drops a send still waiting in a backlog when
+the next tick comes (an interval after it; a crontab's next matching minute) instead of stacking it.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from celery.beat import PersistentScheduler, ScheduleEntry
-from celery.schedules import schedstate, schedule
+from celery.schedules import BaseSchedule, schedstate, schedule
 from django.conf import settings
 
-from tasks.crons.registry import TICK_HEADER, Entry, registered, slot_of
+from tasks.crons.registry import TICK_HEADER, Entry, registered, schedule_tz
 
 
 class aligned(schedule):  # lower case, like Celery's own schedule and crontab
@@ -70,28 +72,49 @@ def load() -> dict[str, Entry]:
     return registered()
 
 
+def celery_schedule(entry: Entry) -> BaseSchedule:
+    """Beat's schedule for one cron: Celery's ``crontab``, or an interval ``aligned`` to the epoch."""
+    timing = entry.schedule
+    if timing.is_crontab:
+        return timing.celery_crontab()
+    assert timing.seconds is not None
+    return aligned(timedelta(seconds=timing.seconds))
+
+
 def beat_schedule() -> dict[str, dict[str, Any]]:
-    """``beat_schedule`` for Celery: one aligned entry per cron, sent to the cron queue."""
-    return {
-        entry.name: {
-            "task": entry.task,
-            "schedule": aligned(timedelta(seconds=entry.seconds)),
-            "options": {"queue": settings.TERMINUS_CRON_QUEUE, "expires": entry.seconds},
-        }
-        for entry in load().values()
-    }
+    """``beat_schedule`` for Celery: one entry per cron, sent to the cron queue.
+
+    An interval's sends expire after the interval; a crontab's expire at its next tick, set per send
+    (``send_options``), since its gaps differ ("9-17 on weekdays")."""
+    entries = {}
+    for entry in load().values():
+        timing = entry.schedule
+        options: dict[str, Any] = {"queue": settings.TERMINUS_CRON_QUEUE}
+        if not timing.is_crontab:
+            options["expires"] = timing.seconds
+        entries[entry.name] = {"task": entry.task, "schedule": celery_schedule(entry), "options": options}
+    return entries
+
+
+def send_options(entry: Entry, now: datetime) -> dict[str, Any]:
+    """What one send of ``entry`` at ``now`` (beat's clock) carries: its tick, and for a crontab its expiry."""
+    timing, tz = entry.schedule, schedule_tz()
+    tick = timing.tick_at(now, tz)
+    options: dict[str, Any] = {"headers": {TICK_HEADER: tick.timestamp()}}
+    if timing.is_crontab:
+        options["expires"] = timing.next_after(tick, tz)
+    return options
 
 
 def next_run(entry: Entry, *, now: datetime | None = None) -> datetime:
     """When beat sends ``entry`` next (for the admin's schedule view)."""
-    now = now or datetime.now(UTC)
-    return datetime.fromtimestamp(slot_of(now.timestamp(), entry.seconds) + entry.seconds, UTC)
+    return entry.schedule.next_after(now or datetime.now(UTC), schedule_tz())
 
 
 class Scheduler(PersistentScheduler):
-    """Celery's default scheduler with the entries above, stamping each message with its slot.
+    """Celery's default scheduler with the entries above, stamping each message with its tick.
 
-    The slot is read on beat's clock at send time, so two beats (even on hosts whose clocks differ
+    The tick is read on beat's clock at send time, so two beats (even on hosts whose clocks differ
     a little) agree on it; a message without the stamp (another scheduler, a manual send) falls
     back to the worker's clock in tasks.crons.registry. Another scheduler class (django-celery-beat's)
     needs the same two overrides to use this schedule.
@@ -104,8 +127,9 @@ class Scheduler(PersistentScheduler):
         super().setup_schedule()
 
     def apply_async(self, entry: ScheduleEntry, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
-        step = entry.schedule.seconds if isinstance(entry.schedule, schedule) else 0
-        if step > 0:
-            headers = {**(entry.options.get("headers") or {}), TICK_HEADER: slot_of(self.app.now().timestamp(), step)}
-            entry.options = {**entry.options, "headers": headers}
+        cron = registered().get(entry.name)
+        if cron is not None and cron.task == entry.task:
+            extra = send_options(cron, self.app.now())
+            headers = {**(entry.options.get("headers") or {}), **extra.pop("headers")}
+            entry.options = {**entry.options, **extra, "headers": headers}
         return super().apply_async(entry, producer, advance, **kwargs)

@@ -4,7 +4,8 @@
 Each send runs through ``run_cron``:
 
 1. **Exactly once per tick.** The run is a ``CronRun`` row, unique per (cron, tick); the tick is the
-   schedule slot beat stamped on the message (tasks/crons/beat.py). A second send of the same tick
+   slot (an interval's) or the matching minute (a crontab's) beat stamped on the message
+   (tasks/crons/beat.py, project/schedules.py). A second send of the same tick
    (a second beat, a redelivery) fails to insert, bumps ``duplicates`` and does nothing else.
 2. **No stacking.** If an earlier tick of the same cron is still running, this tick is recorded as
    ``skipped`` (and so counted) instead of running alongside it.
@@ -19,21 +20,24 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import re
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from celery import shared_task
 from celery.contrib.django.task import DjangoTask
+from celery.schedules import crontab
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from project.schedules import CronSchedule, parse_schedule
 from results.models import CronRun, CronRunStatus, HealthState
 from tasks.failure.ops_alerts import ops_alert
 from tasks.runtime.durable import durable
@@ -41,30 +45,45 @@ from tasks.runtime.errors import describe_error
 
 logger = logging.getLogger(__name__)
 
-#: The message header carrying the slot (epoch seconds) a beat sent a cron for.
+#: The message header carrying the tick (epoch seconds) a beat sent a cron for.
 TICK_HEADER = "terminus_tick"
+
+#: What ``every`` may be: seconds, a crontab (expression or Celery's ``crontab(...)``), or the name
+#: of a setting holding seconds or an expression.
+Every = str | float | timedelta | crontab
+
+_SETTING_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One cron: its name (the lock key), its Celery task, how often, and how long it may run."""
+    """One cron: its name (the lock key), its Celery task, when it runs, and how long it may run."""
 
     name: str
     task: str
-    every: str | float  # a setting holding seconds, or seconds
+    every: Every
     time_limit: int  # hard limit, seconds; a run older than this plus a grace is presumed dead
     what: str
     module: str = ""  # where the cron is declared (the built-in ones: tasks.crons.*)
 
     @property
-    def seconds(self) -> float:
-        value = getattr(settings, self.every) if isinstance(self.every, str) else self.every
-        return float(value)
+    def setting(self) -> str:
+        """The setting ``every`` names (re-timed by its environment variable), or "" when given in code."""
+        return self.every if isinstance(self.every, str) and _SETTING_NAME.match(self.every) else ""
+
+    @property
+    def schedule(self) -> CronSchedule:
+        """The schedule, read now (a setting is read at each call, so tests may override it)."""
+        if self.setting:
+            if not hasattr(settings, self.setting):
+                raise ImproperlyConfigured(f"@cron({self.name!r}): every={self.every!r} names no setting")
+            return parse_schedule(getattr(settings, self.setting), name=self.setting)
+        return parse_schedule(self.every, name=f"@cron({self.name!r}) every")
 
 
-def slot_of(epoch: float, step: float) -> float:
-    """The start (epoch seconds) of the ``step``-long slot containing ``epoch``."""
-    return math.floor(epoch / step) * step
+def schedule_tz() -> tzinfo:
+    """The zone crontab fields are read in: TIME_ZONE, which is also Celery's ``timezone`` (beat's)."""
+    return timezone.get_default_timezone()
 
 
 _CRONS: dict[str, Entry] = {}
@@ -107,12 +126,14 @@ class CronTask(DjangoTask):
 
 
 def cron(
-    name: str, *, every: str | float, time_limit: int = 300, what: str = ""
+    name: str, *, every: Every, time_limit: int = 300, what: str = ""
 ) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
-    """Register ``fn()`` as cron ``name``: a task ``terminus.cron.<name>`` that beat sends ``every`` seconds.
+    """Register ``fn()`` as cron ``name``: a task ``terminus.cron.<name>`` that beat sends on ``every``.
 
-    ``every`` is seconds, or the name of a setting holding seconds (so that it can be re-timed by
-    environment); ``time_limit`` is the run's hard limit; ``what`` (default: the first line of the
+    ``every`` is seconds (``3600``, a ``timedelta``), a crontab (``"0 3 * * *"``, or Celery's
+    ``crontab(hour=3, minute=0)``; read in TIME_ZONE), or the name of a setting holding either (so
+    that it can be re-timed by environment). A bad one raises ImproperlyConfigured here, at import;
+    ``time_limit`` is the run's hard limit; ``what`` (default: the first line of the
     function's docstring) is the line the docs and the admin show. This declaration is the whole
     cron: beat's schedule (tasks.crons.beat), the admin's schedule table and the docs' table are
     all derived from the registry it writes. ``fn`` returns
@@ -125,6 +146,7 @@ def cron(
         entry = Entry(name, f"terminus.cron.{name}", every, time_limit, summary, fn.__module__)
         if name in _CRONS:
             raise ValueError(f"cron {name!r} is registered twice")
+        entry.schedule  # noqa: B018 (read once: a bad schedule fails at import, not at the first tick)
 
         def run(self: CronTask) -> Any:
             return run_cron(self, entry, fn)
@@ -154,7 +176,7 @@ def run_cron(task: CronTask, entry: Entry, fn: Callable[[], Any]) -> dict[str, A
     close_stale_runs(entry.name)
     run = begin_run(entry, tick, task_id=str(task.request.id or ""), worker=task.request.hostname or "")
     if run is None:
-        logger.info("cron %s: tick %s already taken (a second beat or a redelivery); not run", entry.name, tick)
+        logger.debug("cron %s: tick %s already taken (a second beat or a redelivery); not run", entry.name, tick)
         return {"cron": entry.name, "tick": tick.isoformat(), "outcome": "duplicate"}
     # Started before this one (lower id) and still running: this tick does not stack on top of it.
     earlier = CronRun.objects.filter(cron=entry.name, status=CronRunStatus.RUNNING, pk__lt=run.pk).first()
@@ -178,17 +200,18 @@ def run_cron(task: CronTask, entry: Entry, fn: Callable[[], Any]) -> dict[str, A
         return {"cron": entry.name, "tick": tick.isoformat(), "outcome": "failed", "error_type": error_type}
     durable(lambda: run.finish(CronRunStatus.SUCCEEDED, result=result), what=f"the end of {run}")
     record_outcome(entry, ok=True, run=run)
-    logger.info("cron %s: tick %s done in %.2fs: %s", entry.name, tick, time.monotonic() - started, result)
+    logger.debug("cron %s: tick %s done in %.2fs: %s", entry.name, tick, time.monotonic() - started, result)
     return {"cron": entry.name, "tick": tick.isoformat(), "outcome": "succeeded", "result": result}
 
 
 def tick_for(request: Any, entry: Entry) -> datetime:
-    """The slot this send belongs to: beat's stamp, else the slot of now on this worker's clock."""
+    """The tick this send belongs to: beat's stamp, else the tick of now on this worker's clock."""
     stamped = getattr(request, TICK_HEADER, None)
     if stamped is None:
         stamped = (getattr(request, "headers", None) or {}).get(TICK_HEADER)
-    epoch = float(stamped) if stamped is not None else slot_of(time.time(), entry.seconds)
-    return datetime.fromtimestamp(epoch, UTC)
+    if stamped is None:
+        return entry.schedule.tick_at(timezone.now(), schedule_tz()).astimezone(UTC)
+    return datetime.fromtimestamp(float(stamped), UTC)
 
 
 def begin_run(entry: Entry, tick: datetime, *, task_id: str = "", worker: str = "") -> CronRun | None:
@@ -259,10 +282,11 @@ def _jsonable(value: Any) -> Any:
 def markdown_table(entries: dict[str, Entry]) -> str:
     """The crons as the docs' table (docs/operations.md holds it; tests/docs keep the two equal)."""
     lines = [
-        "| cron | task | every (setting or seconds) | time limit | what |",
+        "| cron | task | every (setting, seconds or crontab) | time limit | what |",
         "|---|---|---|---|---|",
     ]
     for entry in entries.values():
-        every = f"`{entry.every}`" if isinstance(entry.every, str) else f"{entry.every:g} s"
+        every = entry.setting or str(entry.schedule)
+        every = f"`{every}`" if entry.setting or entry.schedule.is_crontab else every
         lines.append(f"| {entry.name} | `{entry.task}` | {every} | {entry.time_limit} s | {entry.what} |")
     return "\n".join(lines) + "\n"

@@ -2,9 +2,10 @@
 
 Sentry gets one event per final failure (fingerprinted by job type + error type so they group) and
 the log one structured ERROR line. People-facing channels (a Slack-compatible webhook, mail to
-ADMINS) are throttled: one alert per (job type, error type) per window, then a summary with the
-count of the rest. Each delivery is an ``Alert`` row written before sending and updated after, so
-a retried alerting task never sends the same channel twice.
+ADMINS, each apprise URL of TERMINUS_ALERT_URLS: tasks.failure.apprise_urls) are throttled: one
+alert per (job type, error type) per window, then a summary with the count of the rest. Each
+delivery is an ``Alert`` row written before sending and updated after, so a retried alerting task
+never sends the same channel twice.
 """
 
 from __future__ import annotations
@@ -25,18 +26,12 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from results.models import Alert, AlertStatus, AlertWindow, DeadLetter
+from tasks.failure import apprise_urls
+from tasks.failure.apprise_urls import AlertError
 
 logger = logging.getLogger("terminus.alerts")
 
 FLUSH_TASK = "terminus.alerts.flush"
-
-
-class AlertError(Exception):
-    """A channel failed to deliver; ``permanent`` ones are recorded and not retried."""
-
-    def __init__(self, message: str, *, permanent: bool = False):
-        super().__init__(message)
-        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -109,8 +104,20 @@ class MailChannel(Channel):
             raise AlertError(f"mail failed: {exc}") from exc
 
 
+class AppriseChannel(Channel):
+    """One apprise URL (TERMINUS_ALERT_URLS): Teams, PagerDuty, Opsgenie, Discord, Telegram, a JSON webhook, …"""
+
+    def __init__(self, target: apprise_urls.Target):
+        self.target = target
+        self.name = target.name
+
+    def send(self, notice: Notice) -> None:
+        self.target.send(title=notice.subject, body=notice.text, failure=notice.dead_letter is not None)
+
+
 def channels() -> list[Channel]:
-    return [channel for channel in (WebhookChannel(), MailChannel()) if channel.enabled()]
+    fixed = [channel for channel in (WebhookChannel(), MailChannel()) if channel.enabled()]
+    return fixed + [AppriseChannel(target) for target in apprise_urls.targets()]
 
 
 # -- the per-dead-letter path -----------------------------------------------------------------
@@ -285,3 +292,7 @@ def flush_alerts() -> dict[str, int]:
     except AlertError:
         logger.warning("some alerts are still failing; the next flush tries again")
     return {"summaries": len(summaries), "retried": len(retries)}
+
+
+# A malformed TERMINUS_ALERT_URLS stops every process at start, not the first alert.
+apprise_urls.targets()

@@ -44,7 +44,7 @@ from results.querysets import database_now_minus, database_now_plus
 from tasks.failure.dead_letters import dead_letter_job, reason_for
 from tasks.runtime.hooks import run_terminal_hook
 from tasks.runtime.types import get_job_type, job_types
-from tasks.submit.outbox import dispatch
+from tasks.submit.outbox import FIRST, dispatch
 from tasks.submit.outbox import publish as publish_job
 
 logger = logging.getLogger(__name__)
@@ -152,9 +152,10 @@ def lose_attempt(this: Pass, job: Job, *, why: str, guard: Q | None = None) -> s
     if not this.guard("lost", job.pk, lambda: job.mark_lost(attempt=job.attempts, retry=retry, why=why, guard=guard)):
         return None
     if retry:
-        # Retrying, due now; if this publish does not happen the overdue-retry step does it.
+        # Retrying, due now, ahead of the backlog (its worker died under it, which is not the job's
+        # fault); if this publish does not happen the overdue-retry step does it.
         logger.warning("job %s (%s): attempt %s lost (%s); running it again", job.pk, job.type, job.attempts, why)
-        this.publish("re-dispatch", job.pk, lambda: publish(job, retries=job.attempts))
+        this.publish("re-dispatch", job.pk, lambda: publish(job, retries=job.attempts, priority=FIRST))
         return "requeued"
     logger.error("job %s (%s) failed: attempt %s lost (%s), no attempts remain", job.pk, job.type, job.attempts, why)
     _after_failure(this, job.pk, job.type, DeadLetterReason.LOST)
@@ -355,7 +356,7 @@ def _claim(job: Job, *, status: str, **changes: Any) -> bool:
     )
 
 
-def publish(job: Job, *, retries: int, countdown: float | None = None) -> bool:
+def publish(job: Job, *, retries: int, countdown: float | None = None, priority: int | None = None) -> bool:
     """Publish a job's message again (same id), as its attempt number ``retries + 1``."""
     job_type = get_job_type(job.type)
     if job_type is None:  # a type removed from the code while jobs of it were waiting
@@ -364,7 +365,7 @@ def publish(job: Job, *, retries: int, countdown: float | None = None) -> bool:
         ):
             dead_letter_job(job.pk, reason=DeadLetterReason.NON_RETRYABLE)
         return True
-    publish_job(job, retries=retries, countdown=countdown)
+    publish_job(job, retries=retries, countdown=countdown, priority=priority)
     return True
 
 

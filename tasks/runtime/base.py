@@ -23,6 +23,7 @@ from project.logging import bind_job
 from project.sentry import TRACKED_TAG
 from results.models import DeadLetterReason, Job, Status
 from tasks.failure.dead_letters import dead_letter_job, reason_for
+from tasks.runtime.direct_calls import JobResult, is_recorded, refuse_unrecorded, submit_direct_call
 from tasks.runtime.durable import durable
 from tasks.runtime.errors import AttemptSuperseded, JobCancelled, describe_error
 from tasks.runtime.hooks import run_terminal_hook
@@ -31,6 +32,7 @@ from tasks.runtime.stale import refused_as_stale
 
 if TYPE_CHECKING:
     from billiard.einfo import ExceptionInfo
+    from celery.result import AsyncResult
 
     from tasks.runtime.retry import RetryPolicy
 
@@ -82,6 +84,25 @@ class TrackedTask(DjangoTask):
         if attempt:
             return {"attempt": attempt}
         return {"node": current_node()}
+
+    # -- publishing ------------------------------------------------------------------------------
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
+    ) -> AsyncResult | JobResult:
+        """A caller's ``.delay()`` / ``.apply_async()`` is a submission (tasks.runtime.direct_calls).
+
+        Celery's own retry (this job's id, from inside its attempt) and a message of a job already
+        recorded are published as they are; publish_recorded() is the outbox's path, with no check.
+        """
+        if task_id is None:
+            return submit_direct_call(self, args, kwargs, options)
+        if task_id != self.request.id and not is_recorded(task_id):
+            refuse_unrecorded(self, task_id)
+        return super().apply_async(args, kwargs, task_id=task_id, **options)
+
+    def publish_recorded(self, *, task_id: str, kwargs: dict[str, Any], **options: Any) -> AsyncResult:
+        """Publish the message of job ``task_id``, recorded by the caller (tasks.submit.outbox.publish)."""
+        return super().apply_async(kwargs=kwargs, task_id=task_id, **options)
 
     # -- Celery hooks --------------------------------------------------------------------------
     def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:

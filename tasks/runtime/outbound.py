@@ -32,6 +32,7 @@ import httpx
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from tasks.failure import apprise_urls
 from tasks.runtime.errors import PermanentError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -197,3 +198,15 @@ class GuardedTransport(httpx.HTTPTransport):
 def client(*, timeout: float) -> httpx.Client:
     """An httpx client for user-given URLs: guarded connections, no redirects, no proxies from the environment."""
     return httpx.Client(transport=GuardedTransport(), timeout=timeout, follow_redirects=False, trust_env=False)
+
+
+def alert_host_refusal(host: str, port: int) -> str | None:
+    """Why an alert webhook (an apprise ``json://`` URL, …) may not post to ``host`` (None: it may)."""
+    try:
+        checked_address(host, port, current_policy())
+    except OutboundRefused as exc:
+        return str(exc)
+    return None
+
+
+apprise_urls.install_address_guard(alert_host_refusal)

@@ -31,11 +31,16 @@ def job(
     audience: Audience | Callable[[], Audience] = Audience.EVERYONE,
     tenants: Iterable[str] = (),
     secret_fields: Iterable[str] = (),
+    extra_fields: bool = False,
 ) -> Callable[[Callable[..., Any]], TrackedTask]:
     """Register ``fn(task, data)`` as job type ``name``; ``data`` is the validated ``input``.
 
     ``on_terminal(job)`` runs after every terminal transition (succeeded, failed, cancelled), including
     the reaper's after a worker vanished: at least once, so it must be idempotent (tasks.runtime.hooks).
+
+    A submission naming a field ``input`` does not declare is refused (400 naming it) unless
+    ``extra_fields=True``, or the model states its own ``model_config["extra"]`` ("allow" keeps
+    such fields, "ignore" drops them).
     """
     policy = retry or RetryPolicy()
     # TERMINUS_MAX_TIME_LIMIT caps every job type: the Redis visibility timeout is derived from
@@ -86,6 +91,7 @@ def job(
                 audience=audience,
                 tenants=frozenset(tenants),
                 secret_fields=frozenset(secret_fields),
+                extra_fields=extra_fields or "extra" in input.model_config,
             )
         )
         return task

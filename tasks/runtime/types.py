@@ -52,6 +52,10 @@ class JobType:
     #: Payload fields whose values are secret (a webhook's headers carry its Authorization): shown
     #: as REDACTED wherever a payload is shown (dead letters in the API and the admin, the job admin).
     secret_fields: frozenset[str] = field(default_factory=frozenset)
+    #: Payload fields the input model does not declare are accepted (as the model's own ``extra``
+    #: config says: kept or dropped) instead of refused with a 400 naming them. Off by default: a
+    #: typo in a field name must not silently run the job with its defaults.
+    extra_fields: bool = False
 
     def redact(self, payload: Any) -> Any:
         """``payload`` with the values of its secret fields replaced (a mapping keeps its keys)."""
@@ -103,6 +107,13 @@ def redacted_message_body(type_name: str, body: Any) -> Any:
 
 def get_job_type(name: str) -> JobType | None:
     return _REGISTRY.get(name)
+
+
+def job_type_for_input(model: type[BaseModel]) -> JobType | None:
+    """The one job type whose input model is ``model`` (what ``submit(SleepInput(...))`` runs); None when
+    no type, or more than one, takes it (the caller must then name the type)."""
+    matches = [job_type for job_type in _REGISTRY.values() if job_type.input is model]
+    return matches[0] if len(matches) == 1 else None
 
 
 def job_types() -> dict[str, JobType]:

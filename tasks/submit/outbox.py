@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack, overload
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from pydantic import BaseModel
 
 from results.models import HookState, Job, RetiredKey
-from tasks.runtime.types import get_job_type
-from tasks.submit.validation import IdempotencyKeyRetired, PayloadTooLarge, SubmissionError, validate_payload
+from tasks.runtime.direct_calls import install_submitter
+from tasks.runtime.types import get_job_type, job_type_for_input
+from tasks.submit.validation import (
+    IdempotencyKeyRetired,
+    PayloadTooLarge,
+    SubmissionError,
+    schedule_countdown,
+    validate_payload,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -28,29 +36,75 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def submit(type_name: str, payload: dict[str, Any], **options: Any) -> Job:
+class SubmitOptions(TypedDict, total=False):
+    """The keyword options of submit() and submit_or_get() (see submit_or_get)."""
+
+    owner: AbstractBaseUser | None
+    tenant: Tenant | None
+    idempotency_key: str | None
+    queue: str | None
+    countdown: int | None
+    scheduled_for: datetime | str | None
+    correlation_id: str | None
+    retry_of: Job | None
+    by: AbstractBaseUser | None
+
+
+@overload
+def submit(type_name: BaseModel, /, **options: Unpack[SubmitOptions]) -> Job: ...
+@overload
+def submit(type_name: str, payload: dict[str, Any] | BaseModel, /, **options: Unpack[SubmitOptions]) -> Job: ...
+def submit(type_name: str | BaseModel, payload: dict[str, Any] | BaseModel | None = None, /, **options: Any) -> Job:
     """Record a job and publish it on commit; returns the Job (its id is the Celery task id).
 
-    Options are submit_or_get()'s: owner, tenant, idempotency_key, queue, countdown,
+    Typed: ``submit(SleepInput(seconds=3))`` runs the one job type whose input model is
+    ``SleepInput`` (``submit("diagnostics.sleep", SleepInput(...))`` names it, for a model that
+    several types take); ``submit("diagnostics.sleep", {"seconds": 3})`` takes the JSON object.
+    Either way the payload is validated the same (SubmissionError naming the field).
+
+    Options are submit_or_get()'s: owner, tenant, idempotency_key, queue, countdown or scheduled_for,
     correlation_id, retry_of, by (the user submitting through a face: the job type's audience applies).
     """
-    return submit_or_get(type_name, payload, **options)[0]
+    return submit_or_get(type_name, payload, **options)[0]  # type: ignore[arg-type]
+
+
+def job_type_name_of(type_name: Any, payload: Any) -> tuple[Any, Any]:
+    """``(type name, payload)`` for submit's two forms: ``(name, payload)``, or an input model alone."""
+    if not isinstance(type_name, BaseModel):
+        return type_name, payload
+    if payload is not None:
+        raise TypeError("submit(model) takes the input model alone; submit(type_name, model) names the type")
+    job_type = job_type_for_input(type(type_name))
+    if job_type is None:
+        model = f"{type(type_name).__module__}.{type(type_name).__name__}"
+        raise SubmissionError(
+            {"type": [f"no single job type takes {model} as its input; name it: submit('<job type>', model)"]}
+        )
+    return job_type.name, type_name
 
 
 def submit_or_get(
-    type_name: str,
-    payload: dict[str, Any],
+    type_name: str | BaseModel,
+    payload: dict[str, Any] | BaseModel | None = None,
     *,
     owner: AbstractBaseUser | None = None,
     tenant: Tenant | None = None,
     idempotency_key: str | None = None,
     queue: str | None = None,
     countdown: int | None = None,
+    scheduled_for: datetime | str | None = None,
     correlation_id: str | None = None,
     retry_of: Job | None = None,
     by: AbstractBaseUser | None = None,
 ) -> tuple[Job, bool]:
-    """Like submit(); also says whether the job is new (False: the idempotency key matched)."""
+    """Like submit(); also says whether the job is new (False: the idempotency key matched).
+
+    ``countdown`` (seconds) or ``scheduled_for`` (an aware datetime, or ISO 8601 text) delays the first
+    attempt, up to TERMINUS_MAX_SCHEDULE_DAYS; a wait past TERMINUS_BROKER_DELAY_MAX is held in the
+    database and published by the repair pass when due.
+    """
+    type_name, payload = job_type_name_of(type_name, payload)
+    now = timezone.now()
     job = _new_job(
         type_name,
         payload,
@@ -58,12 +112,14 @@ def submit_or_get(
         tenant=tenant,
         queue=queue,
         countdown=countdown,
+        scheduled_for=scheduled_for,
         correlation_id=correlation_id,
-        now=timezone.now(),
+        now=now,
         idempotency_key=idempotency_key,
         retry_of=retry_of,
         by=by,
     )
+    countdown = wait_of(job, now)
     if idempotency_key is not None:
         retired = RetiredKey.find(idempotency_key, owner_id=job.owner_id, tenant_id=job.tenant_id)
         if retired is not None:
@@ -130,6 +186,7 @@ def submit_many(
                 tenant=tenant,
                 queue=item.get("queue"),
                 countdown=item.get("countdown"),
+                scheduled_for=item.get("scheduled_for"),
                 correlation_id=correlation_id,
                 now=now,
                 by=by,
@@ -140,7 +197,7 @@ def submit_many(
                 errors[f"jobs.{index}" + (f".{field}" if field else "")] = list(messages)
             continue
         jobs.append(job)
-        countdowns[job.pk] = item.get("countdown")
+        countdowns[job.pk] = wait_of(job, now)
     if errors:
         raise (PayloadTooLarge if too_large else SubmissionError)(errors)
     with transaction.atomic():
@@ -149,12 +206,17 @@ def submit_many(
     return jobs
 
 
+#: What a bulk item may hold: a single submission's fields but the idempotency key.
+BULK_ITEM_FIELDS = ("type", "payload", "queue", "countdown", "scheduled_for")
+
+
 def _check_bulk_item(item: Any) -> None:
     if not isinstance(item, dict):
         raise SubmissionError({"": ["must be an object with type and payload"]})
-    unknown = sorted(set(item) - {"type", "payload", "queue", "countdown"})
+    unknown = sorted(set(item) - set(BULK_ITEM_FIELDS))
     if unknown:
-        raise SubmissionError({name: ["unknown field; allowed: type, payload, queue, countdown"] for name in unknown})
+        allowed = ", ".join(BULK_ITEM_FIELDS)
+        raise SubmissionError({name: [f"unknown field; allowed: {allowed}"] for name in unknown})
 
 
 def _new_job(
@@ -167,6 +229,7 @@ def _new_job(
     countdown: Any,
     correlation_id: str | None,
     now: Any,
+    scheduled_for: Any = None,
     idempotency_key: str | None = None,
     retry_of: Job | None = None,
     by: Any = None,
@@ -181,12 +244,7 @@ def _new_job(
     queue = queue or job_type.queue
     if not isinstance(queue, str) or queue not in settings.TERMINUS_QUEUES:
         errors["queue"] = [f"unknown queue {queue!r}; known queues: {', '.join(settings.TERMINUS_QUEUES)}"]
-    if countdown is not None and (
-        not isinstance(countdown, int)
-        or isinstance(countdown, bool)
-        or not 0 <= countdown <= settings.TERMINUS_MAX_COUNTDOWN
-    ):
-        errors["countdown"] = [f"must be a whole number of seconds between 0 and {settings.TERMINUS_MAX_COUNTDOWN}"]
+    countdown = schedule_countdown(countdown, scheduled_for, now=now, errors=errors)
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
         errors["idempotency_key"] = ["must be 1 to 255 characters"]
     if errors:
@@ -208,16 +266,29 @@ def _new_job(
         updated_at=now,
         # Taken back if the broker refuses the message (dispatch). A longer wait than
         # TERMINUS_BROKER_DELAY_MAX is held here instead: unpublished, due at next_retry_at, published
-        # by the repair pass when due (no broker has to keep a message that long).
+        # by the repair pass when due (no broker has to keep a message that long). Any countdown's due
+        # time is kept (the API's scheduled_for).
         dispatched_at=None if held else now,
-        next_retry_at=now + timedelta(seconds=countdown) if held else None,
+        next_retry_at=now + timedelta(seconds=countdown) if countdown else None,
         terminal_by=now + timedelta(seconds=job_type.deadline_budget(countdown or 0)),
         terminal_hook=HookState.PENDING if job_type.on_terminal else HookState.NONE,
     )
 
 
-def publish(job: Job, *, countdown: float | None = None, retries: int = 0, producer: Any = None) -> None:
-    """Send the job's message (raises when the broker is unreachable).
+def wait_of(job: Job, now: datetime) -> int | None:
+    """The countdown _new_job gave the job (from countdown or scheduled_for): its due time's distance from ``now``."""
+    return None if job.next_retry_at is None else round((job.next_retry_at - now).total_seconds())
+
+
+#: The priority of a job run again because its worker died: served before the backlog (on Redis,
+#: where every other message has CELERY_TASK_DEFAULT_PRIORITY 3; other brokers ignore it).
+FIRST = 0
+
+
+def publish(
+    job: Job, *, countdown: float | None = None, retries: int = 0, producer: Any = None, priority: int | None = None
+) -> None:
+    """Send the job's message (raises when the broker is unreachable); ``priority=FIRST`` puts it ahead.
 
     The message carries the payload, but its log and event representation does not: Celery's
     "Task received" lines and task events show ``argsrepr``/``kwargsrepr``, and a payload may hold
@@ -225,7 +296,7 @@ def publish(job: Job, *, countdown: float | None = None, retries: int = 0, produ
     """
     job_type = get_job_type(job.type)
     assert job_type is not None  # callers check it
-    job_type.task.apply_async(
+    job_type.task.publish_recorded(
         kwargs=job.payload,
         task_id=str(job.pk),
         queue=job.queue,
@@ -235,6 +306,8 @@ def publish(job: Job, *, countdown: float | None = None, retries: int = 0, produ
         argsrepr="()",
         kwargsrepr=PAYLOAD_REPR,
         producer=producer,
+        # None would override CELERY_TASK_DEFAULT_PRIORITY: only an explicit priority is passed
+        **({} if priority is None else {"priority": priority}),
     )
 
 
@@ -313,3 +386,6 @@ def dispatch(job: Job, *, countdown: float | None = None) -> bool:
     if job.dispatched_at is None:  # the reaper publishing a job the broker refused at submit
         Job(pk=job.pk).mark_dispatched()
     return True
+
+
+install_submitter(submit_or_get)  # a job type's task.delay() submits (tasks.runtime.direct_calls)

@@ -75,16 +75,33 @@ def test_it_is_multi_stage_on_python_3_11_slim() -> None:
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.MULTILINE)
     froms = [args for instruction, args in instructions(text) if instruction == "FROM"]
     assert froms == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE} AS runtime"]
-    final = stages()[-1]
-    assert ("COPY", "--from=build /opt/venv /opt/venv") in final
 
 
-def test_it_installs_the_project_with_pip_from_pyproject() -> None:
+def test_the_build_stage_builds_the_wheel_of_the_project_and_its_dependencies() -> None:
     (build, _) = stages()
     copied = " ".join(args for instruction, args in build if instruction == "COPY")
     assert "pyproject.toml" in copied
     runs = " ".join(args for instruction, args in build if instruction == "RUN")
-    assert re.search(r"pip install --no-cache-dir \.(\s|$)", runs), runs
+    assert re.search(r"pip wheel --no-cache-dir --wheel-dir /wheels \.(\s|$)", runs), runs
+
+
+def test_the_final_stage_installs_the_wheel_offline_and_no_source_tree() -> None:
+    """What runs is the wheel (tests/deploy/test_package.py serves pages from one), not project/ copied in."""
+    (_, final) = stages()
+    (install,) = [args for instruction, args in final if instruction == "RUN" and "pip install" in args]
+    assert install.startswith("--mount=type=bind,from=build,source=/wheels,target=/wheels "), install
+    assert "python -m venv /opt/venv" in install
+    assert re.search(
+        r"/opt/venv/bin/pip install --no-cache-dir --no-index --find-links=/wheels /wheels/terminus-\*\.whl", install
+    )
+    copied = [
+        source
+        for instruction, args in final
+        if instruction == "COPY"
+        for source in [word for word in shlex.split(args) if not word.startswith("--")][:-1]
+    ]
+    assert not [source for source in copied if source.rstrip("/") in {"project", "results", "tasks", "pyproject.toml"}]
+    assert not [args for instruction, args in final if instruction == "COPY" and "--from=" in args]
 
 
 def test_the_final_stage_runs_as_a_numeric_non_root_user() -> None:

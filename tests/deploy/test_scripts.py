@@ -168,6 +168,19 @@ def start_role(tmp_path: Path) -> Iterator[Callable[..., Role]]:
         role.kill()
 
 
+def migrate(var_dir: Path) -> None:
+    """Migrate the development database of ``var_dir`` as the entrypoint does (deploy/prestart.py)."""
+    result = subprocess.run(
+        [sys.executable, str(DEPLOY / "prestart.py"), "--migrate"],
+        env=base_env(var_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def test_web_migrates_turns_ready_and_stops_on_sigterm(start_role: Callable[..., Role], tmp_path: Path) -> None:
     port = str(free_port())
     web = start_role("start-web.sh", RUN_MIGRATIONS="1", PORT=port, GUNICORN_WORKERS="1")
@@ -181,15 +194,7 @@ def test_web_migrates_turns_ready_and_stops_on_sigterm(start_role: Callable[...,
 
 
 def test_worker_and_beat_answer_pings_and_stop_on_sigterm(start_role: Callable[..., Role], tmp_path: Path) -> None:
-    migrate = subprocess.run(
-        [sys.executable, str(DEPLOY / "prestart.py"), "--migrate"],
-        env=base_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert migrate.returncode == 0, migrate.stderr
+    migrate(tmp_path)
     worker = start_role("start-worker.sh", WORKER_QUEUES="default", WORKER_CONCURRENCY="1", WORKER_NAME="smoke@%h")
     beat = start_role("start-beat.sh")
     assert "smoke@" in worker.wait_healthy("worker")
@@ -203,15 +208,7 @@ def test_worker_and_beat_answer_pings_and_stop_on_sigterm(start_role: Callable[.
 
 
 def test_a_worker_is_unhealthy_while_no_repair_pass_runs(start_role: Callable[..., Role], tmp_path: Path) -> None:
-    migrate = subprocess.run(
-        [sys.executable, str(DEPLOY / "prestart.py"), "--migrate"],
-        env=base_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert migrate.returncode == 0, migrate.stderr
+    migrate(tmp_path)
     # Given a worker that runs no repair pass (TERMINUS_REPAIR_INTERVAL=0), alone in its fleet
     worker = start_role(
         "start-worker.sh",

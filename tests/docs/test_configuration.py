@@ -13,7 +13,7 @@ from tests.helpers import ROOT
 SETTINGS = ROOT / "project" / "settings.py"
 CONFIGURATION = ROOT / "docs" / "configuration.md"
 #: The settings' readers (project/settings.py): each takes the variable's name first.
-READERS = frozenset({"env_str", "env_bool", "env_int", "env_float", "env_list"})
+READERS = frozenset({"env_str", "env_bool", "env_int", "env_float", "env_list", "env_schedule"})
 #: Where the page stops listing what settings read (the deploy scripts' variables follow).
 DEPLOY_SECTION = "## Read by the deploy scripts, not by settings"
 

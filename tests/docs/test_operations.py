@@ -21,6 +21,18 @@ METRIC_SOURCES = (
 )
 
 
+#: Names the docs use that are not metrics: deploy names (terminus-worker@…, Secrets), the cache table
+#: and the Python client's import name.
+NOT_METRICS = (
+    "terminus_worker",
+    "terminus_keda",
+    "terminus_secrets",
+    "terminus_env",
+    "terminus_cache",
+    "terminus_client",
+)
+
+
 def all_docs() -> str:
     return README.read_text() + "".join(page.read_text() for page in sorted(DOCS.glob("*.md")))
 
@@ -49,8 +61,8 @@ def test_every_metric_the_docs_name_is_exported():
     named = set(re.findall(r"\bterminus_[a-z_]+\b", all_docs()))
     for name in sorted(named):
         base = next((name.removesuffix(s) for s in METRIC_SUFFIXES if name.endswith(s)), name)
-        if base.startswith(("terminus_worker", "terminus_keda", "terminus_secrets", "terminus_env", "terminus_cache")):
-            continue  # deploy names (terminus-worker@…, Secrets) and the cache table, not metrics
+        if base.startswith(NOT_METRICS):
+            continue
         assert base in exported, f"the docs name {name}, which /metrics does not export"
 
 

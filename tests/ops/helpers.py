@@ -61,6 +61,19 @@ def sample(values: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     return values.get((name, tuple(sorted(labels.items()))))
 
 
+#: The sample names a family of each type is queried by (a family with no sample yet still declares them).
+SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "summary": ("_count", "_sum")}
+
+
+def served_names(exposition: str) -> set[str]:
+    """Every metric name a query may use against this exposition: each sample's, and each declared family's."""
+    names: set[str] = set()
+    for family in text_string_to_metric_families(exposition):
+        names |= {sample.name for sample in family.samples}
+        names |= {family.name + suffix for suffix in SAMPLE_SUFFIXES.get(family.type, ("",))}
+    return names
+
+
 def json_lines(path: Path) -> list[dict[str, Any]]:
     """The JSON log lines of a process's output (Celery's banner and shutdown notice are plain text)."""
     lines = []

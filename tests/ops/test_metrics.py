@@ -4,18 +4,22 @@
 from __future__ import annotations
 
 import urllib.request
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from django.test import Client
 from django.utils import timezone
 
-from results.models import DeadLetter, DeadLetterReason, Job, Status
+from results.models import REPAIR_PASS, DeadLetter, DeadLetterReason, Job, RepairLease, Status
 from results.ops.metrics import terminal_job_counts
 from tasks.submit.outbox import submit
-from tests.helpers import wait_for, wait_terminal
-from tests.ops.helpers import free_port, sample, samples
+from tests.deploy.monitoring import referenced_metric_names
+from tests.helpers import ARTIFACTS, broker_kind, wait_for, wait_terminal
+from tests.ops.helpers import free_port, sample, samples, served_names
+from tests.results.web.helpers import WebServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -182,3 +186,94 @@ def test_terminal_counts_are_shared_for_the_cache_window_and_open_ones_are_live(
 
 def test_metrics_answer_get_only(db):
     assert Client().post("/metrics").status_code == 405
+
+
+# -- HTTP requests (results/ops/http_metrics.py) ------------------------------------------------------
+RESPONSES = "django_http_responses_total_by_status_view_method_total"
+LATENCY = "django_http_requests_latency_seconds_by_view_method"
+
+
+def test_http_requests_are_counted_by_status_view_and_method_with_their_latency(settings):
+    # Given the counts so far (this process's registry lives as long as the test session)
+    settings.TERMINUS_METRICS_INSPECT_TIMEOUT = 0.1
+    before = scrape()
+    # When the API refuses an anonymous list, a page is not found, /healthz answers and refuses a POST
+    assert Client().get("/api/jobs/").status_code in {401, 403}
+    assert Client().get("/no-such-page").status_code == 404
+    assert Client().get("/healthz").status_code == 200
+    assert Client().post("/healthz").status_code == 405
+    after = scrape()
+
+    # Then /metrics counts each by status, view and method, and times each one
+    def grew(name: str, **labels: str) -> float:
+        return (sample(after, name, **labels) or 0) - (sample(before, name, **labels) or 0)
+
+    # (the registry outlives this test: earlier tests' requests to the list are counted too)
+    refused = sum(grew(RESPONSES, status=status, view="api-job-list", method="GET") for status in ("401", "403"))
+    assert refused == 1
+    assert grew(RESPONSES, status="404", view="<unnamed view>", method="GET") == 1
+    assert grew(RESPONSES, status="200", view="healthz", method="GET") == 1
+    assert grew(RESPONSES, status="405", view="healthz", method="POST") == 1
+    assert grew(f"{LATENCY}_count", view="healthz", method="GET") == 1
+    assert grew(f"{LATENCY}_bucket", view="healthz", method="GET", le="+Inf") == 1
+
+
+def test_http_counts_add_up_across_gunicorn_workers_and_their_replacements(transactional_db, tmp_path):
+    # Given gunicorn with two workers, each replaced after 4 requests, counting in one directory
+    metrics_dir = tmp_path / "metrics"
+    web = WebServer(
+        log_path=ARTIFACTS / f"ops-gunicorn-{broker_kind()}.log",
+        workers=2,
+        max_requests=4,
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        TERMINUS_METRICS_INSPECT_TIMEOUT="0.2",
+        TERMINUS_METRICS_CACHE_SECONDS="0",
+    ).start()
+    try:
+        # When 20 requests reach /healthz (served by at least five processes in turn)
+        for _ in range(20):
+            assert httpx.get(f"{web.url}/healthz", timeout=10).status_code == 200
+        # Then every scrape, whichever process answers it, counts all 20 of them
+        for _ in range(6):
+            values = samples(httpx.get(f"{web.url}/metrics", timeout=30).text)
+            assert sample(values, RESPONSES, status="200", view="healthz", method="GET") == 20
+            assert sample(values, f"{LATENCY}_count", view="healthz", method="GET") == 20
+        booted = web.log().count("Booting worker with pid")
+    finally:
+        web.stop()
+    assert booted >= 5, f"gunicorn replaced its workers: {booted} booted"
+    # And the replacements took over their slot's files: never more files than workers
+    slots = {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob("*_web*.db")}
+    assert slots and slots <= {"web0", "web1"}, sorted(metrics_dir.iterdir())
+
+
+def test_the_repair_pass_age_is_served(settings):
+    settings.TERMINUS_METRICS_INSPECT_TIMEOUT = 0.1
+    assert sample(scrape(), "terminus_repair_pass_age_seconds") == float("inf"), "none completed yet"
+    holder = uuid.uuid4()
+    assert RepairLease.take(REPAIR_PASS, holder=holder, hold_for=60)
+    assert RepairLease.complete(REPAIR_PASS, holder=holder, due_in=15, counts={})
+    values = scrape()
+    assert 0 <= sample(values, "terminus_repair_pass_age_seconds") < 30
+    assert sample(values, "terminus_repair_interval_seconds") == settings.TERMINUS_REPAIR_INTERVAL
+
+
+def test_every_metric_the_dashboard_and_the_alert_rules_query_is_served(ops_worker, drill_queue, tmp_path, settings):
+    # Given a worker that ran a job, retried one and failed one for good, and a request to the web
+    metrics_dir = tmp_path / "metrics"
+    ops_worker(drill_queue, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    jobs = [
+        submit("diagnostics.sleep", {}, queue=drill_queue),
+        submit("diagnostics.fail", {"mode": "times", "times": 1}, queue=drill_queue),
+        submit("diagnostics.fail", {"mode": "permanent"}, queue=drill_queue),
+    ]
+    for job in jobs:
+        wait_terminal(job.id)
+    assert Client().get("/healthz").status_code == 200
+    # When /metrics is scraped
+    settings.PROMETHEUS_MULTIPROC_DIR = str(metrics_dir)
+    settings.TERMINUS_METRICS_INSPECT_TIMEOUT = 3
+    response = Client().get("/metrics")
+    # Then every metric deploy/grafana and deploy/prometheus query is one it serves
+    served = served_names(response.content.decode())
+    assert sorted(referenced_metric_names() - served) == []

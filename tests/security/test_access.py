@@ -37,6 +37,8 @@ PUBLIC_ROUTES = {
     "readyz": "readiness probe, no data",
     "metrics": "Prometheus scrape (token-protected by its own setting where configured)",
     "api-schema": "the OpenAPI document is public: it describes the API, it holds no data",
+    "api-docs": "Swagger UI over that same public schema (try-it-out needs a token)",
+    "api-redoc": "Redoc over that same public schema",
     "admin:login": "the admin's sign-in form",
     "admin:logout": "signing out needs no account (an anonymous call is sent to the sign-in page)",
     "login": "the browser sign-in form",

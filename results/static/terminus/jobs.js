@@ -102,10 +102,20 @@ function showOutcome(text, kind) {
   outcome.hidden = false;
 }
 
+// When the next attempt is due: a retry's (retrying), or a scheduled job's first (queued, scheduled_for).
+function nextAttemptAt(job) {
+  if (!job) return null;
+  if (job.status === "retrying") return job.next_retry_at;
+  if (job.status === "queued") return job.scheduled_for;
+  return null;
+}
+
 function renderNextRetry() {
   const job = watchState.job;
-  if (job && job.status === "retrying" && job.next_retry_at) {
-    $("job-next-retry").textContent = `in ${secondsUntil(job.next_retry_at)} s (at ${formatTime(job.next_retry_at)})`;
+  const due = nextAttemptAt(job);
+  if (due) {
+    const what = job.status === "queued" ? "scheduled: starts" : "retry";
+    $("job-next-retry").textContent = `${what} in ${secondsUntil(due)} s (at ${formatTime(due)})`;
   } else {
     $("job-next-retry").textContent = "—";
   }
@@ -119,7 +129,7 @@ function renderJob(job) {
   $("job-attempt").textContent = job.attempt ? `${job.attempt} of ${job.max_attempts}` : `not started (up to ${job.max_attempts})`;
   renderNextRetry();
   clearInterval(watchState.ticker);
-  watchState.ticker = job.status === "retrying" && job.next_retry_at ? setInterval(renderNextRetry, 1000) : null;
+  watchState.ticker = nextAttemptAt(job) ? setInterval(renderNextRetry, 1000) : null;
 
   const progress = $("job-progress");
   if (job.progress === null || job.progress === undefined) {

@@ -118,6 +118,7 @@ def test_it_accepts_a_submission_with_202_and_publishes_it_after_commit(
         "attempt",
         "max_attempts",
         "next_retry_at",
+        "scheduled_for",
         "heartbeat_at",
         "terminal_by",
         "progress",

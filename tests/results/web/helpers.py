@@ -47,9 +47,11 @@ def artifact(name: str) -> Path:
 class WebServer:
     """``gunicorn project.wsgi`` on 127.0.0.1 (a free port, or a given one to come back on)."""
 
-    def __init__(self, *, log_path: Path, port: int = 0, **env: str):
+    def __init__(self, *, log_path: Path, port: int = 0, workers: int = 1, max_requests: int = 0, **env: str):
         self.log_path = log_path
         self.port = port
+        self.workers = workers
+        self.max_requests = max_requests  # 0: never replace a worker (gunicorn's default)
         self.env = {
             **os.environ,
             "DATABASE_URL": test_database_url(),
@@ -71,7 +73,9 @@ class WebServer:
             "--bind",
             f"127.0.0.1:{self.port}",
             "--workers",
-            "1",
+            str(self.workers),
+            "--max-requests",
+            str(self.max_requests),
             "--threads",
             "8",  # each long poll holds a thread; the page also lists and submits meanwhile
             "--graceful-timeout",

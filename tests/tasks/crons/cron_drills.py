@@ -1,51 +1,34 @@
 """Crons for the cron runner's drills, added to a test stack's schedule with TERMINUS_CRON_MODULES.
 
-Each execution appends the tick of its run to a file of its own, so a test can count how often a
-cron's body really ran per tick, independently of the run records.
+Each execution appends the tick of its run to a file of its own (tests/tasks/crons/drill_log.py), so
+a test can count how often a cron's body really ran per tick, independently of the run records.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from billiard.exceptions import SoftTimeLimitExceeded
-from django.conf import settings
 
-from results.models import CronRun, CronRunStatus
 from tasks.crons.registry import cron
-
-
-def executions_log(name: str) -> Path:
-    """Where the drill cron ``name`` of this stack (its cron queue) records each execution."""
-    return Path(settings.MEDIA_ROOT) / "cron-drills" / settings.TERMINUS_CRON_QUEUE / f"{name}.log"
-
-
-def _record_execution(name: str) -> None:
-    run = CronRun.objects.filter(cron=name, status=CronRunStatus.RUNNING).order_by("pk").first()
-    if run is None:  # a test's teardown flushed the tables under it
-        return
-    path = executions_log(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as log:
-        log.write(f"{run.tick.isoformat()}\n")
+from tests.tasks.crons.drill_log import record_execution
 
 
 @cron("drill.count", every=2, time_limit=30, what="Record that it ran.")
 def count() -> dict[str, int]:
-    _record_execution("drill.count")
+    record_execution("drill.count")
     return {"ran": 1}
 
 
 @cron("drill.explode", every=2, time_limit=30, what="Fail, every time.")
 def explode() -> None:
-    _record_execution("drill.explode")
+    record_execution("drill.explode")
     raise RuntimeError("drill: this cron always fails")
 
 
 @cron("drill.slow", every=1, time_limit=30, what="Run longer than its interval.")
 def slow() -> dict[str, int]:
-    _record_execution("drill.slow")
+    record_execution("drill.slow")
     time.sleep(2.5)
     return {"slept": 2}
 
@@ -54,7 +37,7 @@ def slow() -> dict[str, int]:
 # embedded broker's synchronous loop), which would disturb the other drills.
 @cron("drill.stuck", every=86400, time_limit=2, what="Ignore its soft time limit until the hard one kills it.")
 def stuck() -> None:
-    _record_execution("drill.stuck")
+    record_execution("drill.stuck")
     end = time.monotonic() + 30
     while time.monotonic() < end:
         try:

@@ -17,6 +17,7 @@ from results.models import CronRun, CronRunStatus, HealthState
 from tasks.crons.registry import TICK_HEADER
 from tests.helpers import wait_for
 from tests.tasks.crons.cron_support import start_cron_stack, webhooks_with_key
+from tests.tasks.crons.drill_log import executions_log
 
 DRILLS = "tests.tasks.crons.cron_drills"
 
@@ -45,8 +46,6 @@ def runs(cron: str, since: datetime, **filters) -> list[CronRun]:
 
 @pytest.mark.django_db(transaction=True)
 def test_two_beats_run_each_cron_once_per_tick(crons):
-    from tests.tasks.crons.cron_drills import executions_log
-
     since = timezone.now()
     # Given two beats sending every cron (each tick is sent twice)
     wait_for(lambda: len(runs("drill.count", since, status="succeeded")) >= 4, timeout=60, what="four ticks")

@@ -6,14 +6,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
+from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from project.celery import app
+from project.schedules import CronSchedule
 from results.models import CronRun, CronRunStatus, HealthState
 from tasks.crons.beat import aligned, beat_schedule, load
-from tasks.crons.registry import Entry, begin_run, close_stale_runs, registered
+from tasks.crons.registry import Entry, begin_run, close_stale_runs, cron, registered, tick_for
 
 #: The built-in crons: adding one is one decorated function, and it shows up in every list below.
 BUILTIN = {"reaper", "health", "alerts", "rollup", "cleanup"}
@@ -64,7 +68,7 @@ def test_aligned_schedules_agree_on_slots_whenever_each_beat_started():
         assert (due, wait) == (False, 30)
     # And one that last sent in an earlier slot (a restart) sends at once, then waits for the next boundary
     assert minute.is_due(datetime(2026, 3, 1, 11, 59, 59, tzinfo=UTC)) == (True, 30)
-    assert Entry("x", "t", 60, 1, "").seconds == 60
+    assert Entry("x", "t", 60, 1, "").schedule.seconds == 60
 
 
 @pytest.mark.django_db(transaction=True)
@@ -79,3 +83,27 @@ def test_the_admin_shows_the_schedule_read_only_with_each_crons_last_run(admin_c
         assert f"<code>terminus.cron.{name}</code>" in html
     assert "succeeded at 20" in html
     assert admin_client.get("/admin/results/cronrun/add/").status_code == 403
+
+
+def test_a_cron_declared_with_a_bad_crontab_is_refused_at_import_naming_it():
+    with pytest.raises(ImproperlyConfigured, match=r"@cron\('drill.bad'\) every='0 25 \* \* \*'.*hour '25'"):
+        cron("drill.bad", every="0 25 * * *")(lambda: None)
+    with pytest.raises(ImproperlyConfigured, match=r"@cron\('drill.nosetting'\): every='TERMINUS_NO_SUCH'"):
+        cron("drill.nosetting", every="TERMINUS_NO_SUCH")(lambda: None)
+    assert "drill.bad" not in registered() and "drill.nosetting" not in registered()
+
+
+def test_a_cron_takes_seconds_a_crontab_or_a_setting_holding_either(settings):
+    assert Entry("x", "t", 3600, 1, "").schedule == CronSchedule(seconds=3600)
+    assert Entry("x", "t", "30 6 * * 1", 1, "").schedule == CronSchedule(expression="30 6 * * 1")
+    assert Entry("x", "t", crontab(minute=30, hour=6, day_of_week=1), 1, "").schedule.expression == "30 6 * * 1"
+    settings.TERMINUS_ROLLUP_INTERVAL = "5 * * * *"
+    rollup = load()["rollup"]
+    assert (rollup.setting, rollup.schedule) == ("TERMINUS_ROLLUP_INTERVAL", CronSchedule(expression="5 * * * *"))
+
+
+def test_a_message_without_a_stamp_runs_for_the_tick_of_now(settings):
+    settings.TERMINUS_ROLLUP_INTERVAL = "* * * * *"
+    before = timezone.now().replace(second=0, microsecond=0)
+    tick = tick_for(SimpleNamespace(headers={}), load()["rollup"])
+    assert tick.second == 0 and before <= tick <= timezone.now()

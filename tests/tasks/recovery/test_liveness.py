@@ -20,7 +20,7 @@ from tests.helpers import broker_kind, wait_for, wait_terminal
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.rabbitmq, pytest.mark.slow]
 
-JOBS, SECONDS = 8, 3
+JOBS, SECONDS = 20, 3  # the batch: 20 jobs of 3 s
 
 
 def sleepers(queue: str) -> list[Job]:
