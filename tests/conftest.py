@@ -58,8 +58,26 @@ def session_worker(
             log_path=artifacts_dir / f"worker-{broker_kind()}.log",
             **alerting_env(alert_sink, mail_dir),
         ).start()
+    _shared.append(worker)
     yield worker
     worker.stop()
+
+
+#: The shared worker once a test has started it (the ``alone`` fixture must not start it).
+_shared: list[WorkerProcess] = []
+
+
+@pytest.fixture
+def alone() -> Iterator[None]:
+    """The test's own workers are the only ones: the shared worker, if a test started it, is stopped
+    for the test (it consumes default, slow and dead_letter, and answers every broadcast), then
+    started again."""
+    running = [worker for worker in _shared if worker.alive()]
+    for worker in running:
+        worker.stop()
+    yield
+    for worker in running:
+        worker.start()
 
 
 _CALL_FAILED = pytest.StashKey[bool]()

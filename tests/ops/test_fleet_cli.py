@@ -188,7 +188,7 @@ def test_bad_input_is_refused_with_a_clear_message(argv: tuple[str, ...], messag
         call_command("fleet", *argv, stdout=io.StringIO(), stderr=io.StringIO())
 
 
-def test_acting_on_workers_that_do_not_answer_fails(drill_queue):
+def test_acting_on_workers_that_do_not_answer_fails(alone, drill_queue):
     with pytest.raises(CommandError, match=r"no worker answered within 0\.3s; nothing to pause"):
         call_command("fleet", "pause", drill_queue, "--reply-timeout", "0.3", stdout=io.StringIO())
     with pytest.raises(CommandError, match=r"no answer within 0\.3s from: ghost@nowhere"):

@@ -82,7 +82,7 @@ def test_every_line_of_a_job_carries_its_id_type_attempt_correlation_id_and_work
 
 
 def test_the_correlation_id_of_a_request_reaches_the_job_record_and_its_dead_letter_alert(
-    ops_worker, drill_queue, staff_api, sentry_sink
+    alone, ops_worker, drill_queue, staff_api, sentry_sink
 ):
     # Given a worker for the job and its dead letter, alerting to Sentry
     ops_worker(f"{drill_queue},dead_letter", SENTRY_DSN=sentry_sink.dsn)

@@ -121,7 +121,7 @@ def generate_latest_from(directory: Path) -> list[str]:
     return [generate_latest(registry).decode()]
 
 
-def test_state_comes_from_the_database_and_the_broker(ops_worker, drill_queue, settings):
+def test_state_comes_from_the_database_and_the_broker(alone, ops_worker, drill_queue, settings):
     # Given a worker on one queue, and a second queue nobody consumes
     idle_queue = f"{drill_queue}-idle"
     settings.TERMINUS_QUEUES = [*settings.TERMINUS_QUEUES, idle_queue]
