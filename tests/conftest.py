@@ -8,6 +8,7 @@ built from the live test connection and handed to them in DATABASE_URL.
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,11 +17,35 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.core.cache import cache
+from django.core.management.base import CommandError
+from django.core.management.commands import flush
 
 from tests import factories
 from tests.alert_sink import AlertSink
 from tests.helpers import ARTIFACTS, WorkerProcess, alerting_env, broker_kind, purge_broker, quiesce
 from tests.receivers import Receiver, start_receiver
+
+
+def _flush_retrying_deadlocks(handle: Callable[..., Any]) -> Callable[..., Any]:
+    """Django's flush (the teardown of every transactional test) truncates every table in one
+    statement; a worker process still writing a job and its attempt in one transaction can deadlock
+    with it, and PostgreSQL may pick the TRUNCATE as the victim (seen once in CI). The worker's write
+    retries by itself (tasks.runtime.durable); the flush is retried here the same way."""
+
+    def flush(*args: Any, **options: Any) -> Any:
+        for attempt in range(3):
+            try:
+                return handle(*args, **options)
+            except CommandError as exc:
+                if attempt == 2 or "deadlock detected" not in str(exc.__cause__ or ""):
+                    raise
+                time.sleep(0.5)
+        return None
+
+    return flush
+
+
+flush.Command.handle = _flush_retrying_deadlocks(flush.Command.handle)
 
 
 @pytest.fixture(scope="session")
