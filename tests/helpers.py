@@ -205,6 +205,18 @@ class WorkerProcess:
             self.proc.wait(timeout=10)
 
 
+def terminate_group(proc: subprocess.Popen[bytes] | None, *, grace: float) -> None:
+    """SIGTERM a server's process group (master and workers), SIGKILL it if it has not exited in ``grace`` s."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
 def purge_broker() -> None:
     """Start the session with an empty broker so no message from an earlier run is executed."""
     kind = broker_kind()

@@ -5,11 +5,9 @@ TLS proxy would. Used by tests/deploy/test_package.py; deploy/Dockerfile does th
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -22,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from tests.deploy.helpers import ROOT
-from tests.helpers import wait_for
+from tests.helpers import terminate_group, wait_for
 
 #: The import packages the distribution ships ([tool.setuptools.packages.find] in pyproject.toml).
 PACKAGES = ("project", "results", "tasks")
@@ -232,15 +230,7 @@ class Gunicorn:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        if not self.alive():
-            return
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        terminate_group(self.proc, grace=15)
 
 
 class BehindTheProxy:

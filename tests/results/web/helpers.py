@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from tests.helpers import ARTIFACTS, ROOT, broker_kind, test_database_url, wait_for
+from tests.helpers import ARTIFACTS, ROOT, broker_kind, terminate_group, test_database_url, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -120,15 +120,7 @@ class WebServer:
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if not self.alive():
-            return
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        terminate_group(self.proc, grace=10)
 
 
 def _append(path: Path, line: str) -> None:
